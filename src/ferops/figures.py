@@ -1,0 +1,156 @@
+"""Figures shared by the stages: image galleries and grouped bar charts, written reproducibly.
+
+Matplotlib is used with the non-interactive Agg backend and PNG metadata stripped, so the
+same data always produces the same bytes (stage outputs stay byte-identical on rerun).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers/CI; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ferops.io import atomic_file  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+_DPI = 100
+
+
+def save_figure(figure: plt.Figure, path: str | os.PathLike[str]) -> None:
+    """Save a figure as PNG atomically, without metadata that changes between runs, and close it."""
+    with atomic_file(path) as temp:
+        figure.savefig(temp, format="png", dpi=_DPI, metadata={"Software": None})
+    plt.close(figure)
+    logger.info("wrote figure %s", path)
+
+
+def image_grid(
+    images: np.ndarray | Sequence[np.ndarray],
+    titles: Sequence[str],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+    columns: int = 8,
+    cell_inches: float = 1.3,
+) -> None:
+    """Save a gallery of grayscale images with a caption above each.
+
+    The images are tiled into one mosaic drawn with a single ``imshow`` (one subplot per image
+    takes seconds for a few hundred images).
+
+    Args:
+        images: Images of shape (height, width), uint8, all the same size.
+        titles: One caption per image (short: they are drawn in a small font).
+        path: Destination PNG.
+        title: Figure title.
+        columns: Images per row.
+        cell_inches: Size of one cell.
+    """
+    count = len(images)
+    columns = max(1, min(columns, count)) if count else 1
+    rows = max(1, math.ceil(count / columns))
+    height, width = (np.asarray(images[0]).shape[:2] if count else (48, 48))
+    gap = max(2, height // 3)  # room for the caption above each image
+    mosaic = np.full((rows * (height + gap), columns * (width + 2)), 255, dtype=np.uint8)
+    for index in range(count):
+        row, column = divmod(index, columns)
+        top, left = row * (height + gap) + gap, column * (width + 2) + 1
+        mosaic[top:top + height, left:left + width] = images[index]
+    figure, axis = plt.subplots(
+        figsize=(columns * cell_inches, rows * cell_inches * (height + gap) / height + 0.4)
+    )
+    axis.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    axis.set_axis_off()
+    for index in range(count):
+        row, column = divmod(index, columns)
+        axis.text(column * (width + 2) + 1 + width / 2, row * (height + gap) + gap - 1,
+                  titles[index], ha="center", va="bottom", fontsize=6)
+    if not count:
+        axis.text(mosaic.shape[1] / 2, mosaic.shape[0] / 2, "(none)", ha="center", va="center")
+    if title:
+        axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def grouped_bars(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+    ylabel: str = "images",
+    annotate: bool = True,
+) -> None:
+    """Save a grouped bar chart: one group per label, one bar per series.
+
+    Args:
+        groups: Labels along the x axis (e.g. class names).
+        series: Series name to one value per group (e.g. "before" / "after").
+        path: Destination PNG.
+        title: Figure title.
+        ylabel: Y axis label.
+        annotate: Write each bar's value above it.
+    """
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(groups) * max(1, len(series))), 3.6))
+    width = 0.8 / max(1, len(series))
+    positions = np.arange(len(groups))
+    for offset, (name, values) in enumerate(series.items()):
+        bars = axis.bar(positions + (offset - (len(series) - 1) / 2) * width, values, width, label=name)
+        if annotate:
+            axis.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=6, padding=1)
+    axis.set_xticks(positions, groups)
+    axis.set_ylabel(ylabel)
+    if title:
+        axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8)
+    axis.margins(y=0.12)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def panel_bars(
+    groups: Sequence[str],
+    panels: Mapping[str, Mapping[str, Sequence[float]]],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+    ylabel: str = "images",
+) -> None:
+    """Save several grouped bar charts side by side (e.g. one panel per data split).
+
+    Args:
+        groups: Labels along each x axis (e.g. class names).
+        panels: Panel title to {series name: one value per group}.
+        path: Destination PNG.
+        title: Figure title.
+        ylabel: Y axis label of the first panel.
+    """
+    count = max(1, len(panels))
+    figure, axes = plt.subplots(1, count, figsize=(5.2 * count, 3.8), squeeze=False)
+    for axis, (panel_title, series) in zip(axes.flat, panels.items(), strict=False):
+        width = 0.8 / max(1, len(series))
+        positions = np.arange(len(groups))
+        for offset, (name, values) in enumerate(series.items()):
+            bars = axis.bar(
+                positions + (offset - (len(series) - 1) / 2) * width, values, width, label=name
+            )
+            axis.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=5, padding=1,
+                           rotation=90)
+        axis.set_xticks(positions, groups, rotation=45, ha="right", fontsize=8)
+        axis.set_title(panel_title, fontsize=9)
+        axis.margins(y=0.18)
+        axis.legend(fontsize=7)
+    axes.flat[0].set_ylabel(ylabel)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    save_figure(figure, path)

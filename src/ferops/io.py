@@ -1,0 +1,178 @@
+"""Atomic, deterministic file output and the array container used between stages.
+
+Every stage writes through these helpers so that a failure never leaves a half-written
+output behind (write to a temporary sibling, then rename), and so that rerunning a stage on
+the same inputs produces byte-identical files (DVC and users can then trust the hashes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferops.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+# A fixed timestamp inside zip archives: numpy's own savez stamps the current time, which
+# would make every rerun of a stage produce a different file.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_CHUNK = 1 << 20
+
+
+def _default_mode(directory: bool) -> int:
+    """Permissions a plain open()/mkdir() would give (mkstemp/mkdtemp use 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Return the hex sha256 digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it into place only on success.
+
+    Args:
+        path: The final file path.
+
+    Yields:
+        A temporary path in the same directory (so the final rename is atomic).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        os.chmod(temp, _default_mode(directory=False))
+        os.replace(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary directory that replaces ``path`` only on success.
+
+    The previous directory (if any) is kept until the new one is complete, then swapped out
+    with two renames, so a failure at any point leaves the previous outputs intact.
+
+    Args:
+        path: The final directory path.
+
+    Yields:
+        A temporary directory in the same parent directory.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield temp
+        os.chmod(temp, _default_mode(directory=True))
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+        os.replace(temp, final)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays and paths (recursively) into plain JSON types."""
+    if isinstance(value, Mapping):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
+    """Write ``data`` as indented JSON with sorted keys, atomically.
+
+    Args:
+        path: Destination file.
+        data: A mapping of JSON-serialisable values (numpy types are converted).
+    """
+    text = json.dumps(to_jsonable(data), indent=2, sort_keys=True) + "\n"
+    with atomic_file(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+
+
+def save_arrays(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    """Save named arrays as an ``.npz`` that is byte-identical for identical inputs.
+
+    The file is a standard uncompressed npz (``numpy.load`` reads it) written with a fixed
+    timestamp and sorted member names, atomically.
+
+    Args:
+        path: Destination ``.npz`` file.
+        arrays: Name to array. Object arrays are refused (they would need pickling).
+    """
+    with atomic_file(path) as temp:
+        with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name in sorted(arrays):
+                array = np.asarray(arrays[name])
+                if array.dtype == object:
+                    raise TypeError(f"array {name!r} has dtype object; use a fixed-width dtype")
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, buffer.getvalue())
+
+
+def load_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Load every array of an ``.npz`` written by :func:`save_arrays`.
+
+    Args:
+        path: The ``.npz`` file.
+
+    Returns:
+        Name to array.
+
+    Raises:
+        DataError: The file is missing or is not a readable npz.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (run the stage that produces it, e.g. `dvc repro`)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise DataError(f"{path}: not a readable .npz array file ({error})") from error

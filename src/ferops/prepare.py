@@ -1,0 +1,271 @@
+"""Relabel and clean FER2013 into per-split arrays, with a report of every row removed and why.
+
+The decisions live here as plain functions; ``stages/prepare.py`` reads the files, calls
+:func:`prepare_fer2013` with the params and writes what it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ferops import cleaning, ferplus
+from ferops.errors import ParamsError
+from ferops.fer2013 import USAGES, Fer2013
+from ferops.figures import image_grid, panel_bars
+
+logger = logging.getLogger(__name__)
+
+LABEL_MODES = ("fer2013", "ferplus")
+LEAKAGE_METHODS = ("exact", "phash", "none")
+# Order matters: a row removed by several rules is counted under the first one.
+RULES = ("ferplus_unlabelled", "non_faces", "blank", "conflicting_duplicates", "leakage")
+SPLIT_FILES = {"Training": "train", "PublicTest": "public_test", "PrivateTest": "private_test"}
+
+
+@dataclass(frozen=True)
+class CleaningRules:
+    """Which cleaning rules are applied (to Training, and to the test splits if ``clean_test``).
+
+    Attributes:
+        non_faces: Remove images FER+ voters called "not a face" (or that FER+ left unnamed).
+        blank: Remove constant or near-blank images.
+        blank_std_max: Pixel standard deviation below which an image counts as blank.
+        conflicting_duplicates: Remove every copy of an image whose copies disagree on the label.
+        leakage: Remove Training images that also appear in a test split: ``exact`` copies,
+            ``phash`` (exact plus perceptual near-duplicates), or ``none``.
+        phash_max_distance: Hamming distance between 64-bit hashes that counts as near-duplicate.
+    """
+
+    non_faces: bool = True
+    blank: bool = True
+    blank_std_max: float = 2.0
+    conflicting_duplicates: bool = True
+    leakage: str = "exact"
+    phash_max_distance: int = 4
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> CleaningRules:
+        """Build the rules from the ``prepare.clean`` params mapping, checking every value."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(params) - known
+        if unknown:
+            raise ParamsError(f"prepare.clean: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        rules = cls(**params)
+        for name in ("non_faces", "blank", "conflicting_duplicates"):
+            if not isinstance(getattr(rules, name), bool):
+                raise ParamsError(f"prepare.clean.{name}: expected true or false")
+        if rules.leakage not in LEAKAGE_METHODS:
+            raise ParamsError(
+                f"prepare.clean.leakage: {rules.leakage!r} is not one of {', '.join(LEAKAGE_METHODS)}"
+            )
+        if not rules.blank_std_max >= 0:
+            raise ParamsError("prepare.clean.blank_std_max: expected a number >= 0")
+        if not 0 <= int(rules.phash_max_distance) <= 64:
+            raise ParamsError("prepare.clean.phash_max_distance: expected an integer in 0..64")
+        return rules
+
+
+@dataclass
+class PreparedFer:
+    """The result of :func:`prepare_fer2013`.
+
+    Attributes:
+        splits: Split name (``Training``...) to its named arrays.
+        report: JSON-ready counts: rows removed per rule per split, classes per split.
+        label: The active label of every input row (-1 = none), in input order.
+        removed: Rule name to the removed rows' positions in the input (for galleries).
+    """
+
+    splits: dict[str, dict[str, np.ndarray]]
+    report: dict[str, Any]
+    label: np.ndarray
+    removed: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def flag_rows(
+    fer: Fer2013,
+    label: np.ndarray,
+    winner: np.ndarray,
+    has_name: np.ndarray,
+    rules: CleaningRules,
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Evaluate every cleaning rule on every row (whether or not the rule is switched on).
+
+    Args:
+        fer: The parsed dataset.
+        label: Active labels (-1 = none), used for label conflicts.
+        winner: FER+ majority winner per row (index into ``ferplus.VOTE_COLUMNS``, or -1).
+        has_name: FER+ gave the row an image name (it leaves non-faces unnamed).
+        rules: Rule settings (thresholds, leakage method).
+
+    Returns:
+        Rule name to a bool mask over all rows, and a summary of the duplicate structure.
+    """
+    duplicates = cleaning.find_duplicates(fer.images)
+    training = fer.usage == USAGES.index("Training")
+    exact_twins = cleaning.exact_twins_mask(duplicates, training, ~training)
+    leak = exact_twins.copy()
+    if rules.leakage == "phash":
+        hashes = cleaning.perceptual_hashes(fer.images)
+        leak |= cleaning.near_twins_mask(hashes, training, ~training, rules.phash_max_distance)
+    flags = {
+        "ferplus_unlabelled": label < 0,
+        "non_faces": (winner == ferplus.NOT_A_FACE) | ~has_name,
+        "blank": cleaning.blank_mask(fer.images, rules.blank_std_max),
+        "conflicting_duplicates": cleaning.conflicting_duplicates_mask(duplicates, label),
+        "leakage": leak,
+    }
+    summary = duplicates.summary()
+    summary["test_rows_with_exact_training_twin"] = int((exact_twins & ~training).sum())
+    summary["training_rows_with_exact_test_twin"] = int((exact_twins & training).sum())
+    return flags, summary
+
+
+def _enabled(rules: CleaningRules, labels: str) -> dict[str, bool]:
+    return {
+        "ferplus_unlabelled": labels == "ferplus",
+        "non_faces": rules.non_faces,
+        "blank": rules.blank,
+        "conflicting_duplicates": rules.conflicting_duplicates,
+        "leakage": rules.leakage != "none",
+    }
+
+
+def _class_counts(label: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+    counts = {name: int((label == index).sum()) for index, name in enumerate(classes)}
+    unlabelled = int((label < 0).sum())
+    if unlabelled:
+        counts["(no label)"] = unlabelled
+    return counts
+
+
+def prepare_fer2013(
+    fer: Fer2013,
+    votes: np.ndarray,
+    has_name: np.ndarray,
+    *,
+    classes: Sequence[str],
+    labels: str = "fer2013",
+    drop_single_votes: bool = True,
+    majority: float = 0.5,
+    rules: CleaningRules | None = None,
+    clean_test: bool = False,
+) -> PreparedFer:
+    """Relabel (optionally with FER+), flag and clean FER2013, and split it by Usage.
+
+    Args:
+        fer: Parsed FER2013.
+        votes: FER+ votes in the same row order (uint8, shape (n, 10)).
+        has_name: FER+ ``Image name`` present, per row.
+        classes: Class names in label order (7 for FER2013).
+        labels: ``fer2013`` (original labels) or ``ferplus`` (FER+ majority labels).
+        drop_single_votes: FER+ rule: ignore lone votes.
+        majority: FER+ rule: the winner needs more than this share of votes.
+        rules: Cleaning rules (defaults when None).
+        clean_test: Also remove flagged rows from PublicTest/PrivateTest (off: they are kept
+            and only flagged, so results stay comparable with published numbers).
+
+    Returns:
+        Arrays per split, the report, and the removed rows per rule.
+    """
+    if labels not in LABEL_MODES:
+        raise ParamsError(f"prepare.labels: {labels!r} is not one of {', '.join(LABEL_MODES)}")
+    if not 0 <= majority < 1:
+        raise ParamsError("prepare.ferplus.majority: expected a share in [0, 1)")
+    if len(votes) != len(fer):
+        raise ParamsError(f"FER+ votes have {len(votes)} rows, FER2013 has {len(fer)}")
+    rules = rules or CleaningRules()
+    label_ferplus, status, soft = ferplus.relabel(votes, drop_single_votes, majority)
+    winner = ferplus.majority_winner(votes, drop_single_votes, majority)
+    label = fer.label if labels == "fer2013" else label_ferplus
+    flags, duplicate_summary = flag_rows(fer, label, winner, has_name, rules)
+
+    enabled = _enabled(rules, labels)
+    remove = np.zeros(len(fer), dtype=bool)
+    removed_by: dict[str, np.ndarray] = {}
+    cleaned_splits = {"Training"} | ({"PublicTest", "PrivateTest"} if clean_test else set())
+    in_cleaned = np.isin(fer.usage, [USAGES.index(name) for name in cleaned_splits])
+    for rule in RULES:
+        if not enabled[rule]:
+            continue
+        newly = flags[rule] & in_cleaned & ~remove
+        removed_by[rule] = np.flatnonzero(newly)
+        remove |= newly
+
+    arrays_all = {
+        "images": fer.images,
+        "label": label.astype(np.int8),
+        "label_fer2013": fer.label.astype(np.int8),
+        "label_ferplus": label_ferplus,
+        "ferplus_status": status,
+        "soft_label": soft,
+        "votes": votes.astype(np.uint8),
+        "row_index": fer.row_index,
+        **{f"flag_{rule}": mask for rule, mask in flags.items()},
+    }
+    class_names = np.asarray(list(classes), dtype="U16")
+    splits: dict[str, dict[str, np.ndarray]] = {}
+    split_report: dict[str, Any] = {}
+    for index, name in enumerate(USAGES):
+        in_split = fer.usage == index
+        keep = in_split & ~remove
+        splits[name] = {key: value[keep] for key, value in arrays_all.items()}
+        splits[name]["classes"] = class_names
+        split_report[name] = {
+            "rows_in": int(in_split.sum()),
+            "rows_out": int(keep.sum()),
+            "removed": {rule: int(in_split[rows].sum()) for rule, rows in removed_by.items()},
+            "flagged": {rule: int((mask & in_split).sum()) for rule, mask in flags.items()},
+            "class_counts_before": _class_counts(label[in_split], classes),
+            "class_counts_after": _class_counts(label[keep], classes),
+        }
+        if name != "Training":
+            flagged_any = np.zeros(len(fer), dtype=bool)
+            for rule in ("non_faces", "blank", "conflicting_duplicates", "leakage"):
+                flagged_any |= flags[rule]
+            split_report[name]["clean_rows"] = int((keep & ~flagged_any).sum())
+        logger.info("%s: %d rows in, %d out", name, in_split.sum(), keep.sum())
+
+    report = {
+        "labels": labels,
+        "rules_applied": [rule for rule in RULES if enabled[rule]],
+        "splits_cleaned": sorted(cleaned_splits),
+        "splits": split_report,
+        "duplicates": duplicate_summary,
+        "ferplus_status": {
+            split: {name: int(((status == code) & (fer.usage == index)).sum())
+                    for code, name in enumerate(ferplus.STATUS_NAMES)}
+            for index, split in enumerate(USAGES)
+        },
+    }
+    return PreparedFer(splits=splits, report=report, label=label, removed=removed_by)
+
+
+def plot_class_distribution(report: Mapping[str, Any], classes: Sequence[str], path: str) -> None:
+    """Save per-split class counts before and after cleaning as one figure of bar panels."""
+    panels = {}
+    for split, entry in report["splits"].items():
+        panels[f"{split} ({entry['rows_in']:,} → {entry['rows_out']:,})"] = {
+            "before": [entry["class_counts_before"].get(name, 0) for name in classes],
+            "after": [entry["class_counts_after"].get(name, 0) for name in classes],
+        }
+    panel_bars(list(classes), panels, path,
+               title=f"Class distribution per split ({report['labels']} labels)")
+
+
+def plot_removed_gallery(
+    fer: Fer2013, label: np.ndarray, rows: np.ndarray, rule: str, classes: Sequence[str],
+    path: str, limit: int,
+) -> None:
+    """Save a gallery of (up to ``limit``) images removed by one rule, captioned with row and label."""
+    shown = rows[:limit]
+    titles = [
+        f"row {fer.row_index[i]} {classes[label[i]] if label[i] >= 0 else '(none)'}" for i in shown
+    ]
+    image_grid(fer.images[shown], titles, path, columns=6,
+               title=f"Removed by '{rule}': {len(rows):,} image(s), first {len(shown)} shown")

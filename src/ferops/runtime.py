@@ -1,0 +1,82 @@
+"""Small helpers shared by the stage entry points and the CLI (logging, params, exit codes)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ferops.errors import FeropsError, ParamsError
+
+logger = logging.getLogger("ferops")
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Send ferops log records to stderr with a timestamp; quieten chatty dependencies."""
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # Great Expectations prints tqdm progress bars per expectation; our own log is enough.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    for noisy in ("great_expectations", "matplotlib", "PIL", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def read_params(path: str | os.PathLike[str], *sections: str) -> dict[str, Any]:
+    """Read the named top-level sections of a params file.
+
+    Args:
+        path: The YAML params file (normally ``params.yaml``).
+        *sections: Section names to return.
+
+    Returns:
+        Section name to its mapping.
+
+    Raises:
+        ParamsError: The file is missing, not YAML, or lacks a requested section.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as error:
+        raise ParamsError(f"{path}: params file not found") from error
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML ({error})") from error
+    missing = [section for section in sections if section not in data]
+    if missing:
+        raise ParamsError(f"{path}: missing section(s) {', '.join(missing)}")
+    return {section: data[section] for section in sections}
+
+
+def require_choice(value: Any, choices: Mapping[str, Any] | list[str], field: str) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise a ParamsError naming the field."""
+    if value not in choices:
+        options = ", ".join(map(str, choices))
+        raise ParamsError(f"{field}: {value!r} is not one of: {options}")
+    return value
+
+
+def run_stage(name: str, body: Callable[[], None]) -> int:
+    """Run a stage body, turning expected errors into a one-line message and exit status 1.
+
+    Args:
+        name: Stage name, used in the messages.
+        body: The stage's work.
+
+    Returns:
+        0 on success, 1 when the stage failed with a :class:`FeropsError`.
+    """
+    try:
+        body()
+    except FeropsError as error:
+        logger.error("stage %s failed: %s", name, error)
+        return 1
+    logger.info("stage %s done", name)
+    return 0

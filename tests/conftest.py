@@ -1,0 +1,45 @@
+"""Shared fixtures: the real datasets beside the checkout, fetched once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _datasets_dir() -> Path:
+    # CI and developers keep the team's data mirror beside the checkout; FEROPS_DATA_MIRROR
+    # points elsewhere when it lives somewhere else.
+    return Path(os.environ.get("FEROPS_DATA_MIRROR", REPO_ROOT.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    path = _datasets_dir()
+    if not (path / "fer2013.csv.gz").is_file():
+        pytest.fail(f"real datasets not found in {path}; set FEROPS_DATA_MIRROR to their directory")
+    return path
+
+
+@pytest.fixture(scope="session")
+def raw_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
+    """The real raw-data directory, produced once by the real download stage."""
+    out = tmp_path_factory.mktemp("raw") / "raw"
+    report = out.parent / "download.json"
+    env = dict(os.environ, FEROPS_DATA_MIRROR=str(datasets_dir))
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "stages" / "download.py"),
+         "--params", str(REPO_ROOT / "params.yaml"), "--out", str(out), "--report", str(report)],
+        check=True, env=env, cwd=REPO_ROOT,
+    )
+    return out

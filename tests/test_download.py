@@ -1,0 +1,142 @@
+import functools
+import gzip
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from stages import download as download_stage
+
+from ferops.download import Location, mirror_locations, parse_specs
+from ferops.errors import ParamsError
+
+DATASET_FILES = ["fer2013.csv.gz", "fer2013new.csv", "ckplus.zip", "jaffe.zip"]
+
+
+@pytest.fixture()
+def params_file(tmp_path, repo_root):
+    """A copy of params.yaml whose download.mirror points nowhere (only FEROPS_DATA_MIRROR counts)."""
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["download"]["mirror"] = None
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def make_mirror(directory: Path, datasets_dir: Path, skip=()):
+    directory.mkdir()
+    for name in DATASET_FILES:
+        if name not in skip:
+            (directory / name).symlink_to(datasets_dir / name)
+    return directory
+
+
+def run(params_file, tmp_path, monkeypatch, mirror):
+    monkeypatch.setenv("FEROPS_DATA_MIRROR", str(mirror))
+    out, report = tmp_path / "raw", tmp_path / "download.json"
+    code = download_stage.main(["--params", str(params_file), "--out", str(out),
+                                "--report", str(report)])
+    return code, out, report
+
+
+@pytest.fixture()
+def previous_outputs(tmp_path):
+    """Outputs of an earlier successful run that a failing run must leave untouched."""
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "fer2013.csv").write_text("previous content")
+    (tmp_path / "download.json").write_text('{"previous": true}')
+    return {p: p.read_bytes() for p in [out / "fer2013.csv", tmp_path / "download.json"]}
+
+
+def assert_untouched(previous, tmp_path):
+    for path, content in previous.items():
+        assert path.read_bytes() == content
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".raw")], "temp dir left behind"
+
+
+def test_parse_specs_rejects_bad_checksum_param():
+    with pytest.raises(ParamsError, match=r"download.datasets.x.sha256: expected 64 hex digits"):
+        parse_specs({"x": {"file": "x.csv", "sha256": "abc", "output": "x.csv"}})
+
+
+def test_environment_mirror_comes_first_and_relative_paths_use_the_root(tmp_path):
+    locations = mirror_locations("/data/mirror", "../shared", tmp_path / "repo")
+    assert locations == [Location("FEROPS_DATA_MIRROR", "/data/mirror"),
+                         Location("download.mirror", str((tmp_path / "shared").resolve()))]
+    assert mirror_locations(None, "http://h/x", tmp_path)[0].is_url
+
+
+def test_download_from_directory_mirror(tmp_path, monkeypatch, datasets_dir, params_file):
+    mirror = make_mirror(tmp_path / "mirror", datasets_dir)
+    code, out, report = run(params_file, tmp_path, monkeypatch, mirror)
+    assert code == 0
+    assert (out / "fer2013.csv").stat().st_size == 301_072_766
+    assert len(list((out / "ckplus").rglob("*.png"))) == 981
+    assert len(list((out / "jaffe").glob("*.tiff"))) == 213
+    assert (out / "ckplus" / "anger").is_dir()  # the zip's single top folder is dropped
+    assert "fer2013.csv.gz" in report.read_text()
+
+
+def test_download_from_http_mirror(tmp_path, monkeypatch, datasets_dir, params_file):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(datasets_dir))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        code, out, report = run(params_file, tmp_path, monkeypatch, url)
+    finally:
+        server.shutdown()
+    assert code == 0
+    assert (out / "fer2013new.csv").read_bytes() == (datasets_dir / "fer2013new.csv").read_bytes()
+    assert url in report.read_text()
+
+
+@pytest.mark.slow
+def test_plain_fer2013_csv_is_accepted(tmp_path, monkeypatch, datasets_dir, params_file):
+    mirror = make_mirror(tmp_path / "mirror", datasets_dir, skip=["fer2013.csv.gz"])
+    with gzip.open(datasets_dir / "fer2013.csv.gz", "rb") as src, open(mirror / "fer2013.csv",
+                                                                        "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    code, out, _ = run(params_file, tmp_path, monkeypatch, mirror)
+    assert code == 0
+    assert (out / "fer2013.csv").stat().st_size == 301_072_766
+
+
+def test_truncated_gzip_fails_clearly_and_keeps_outputs(
+        tmp_path, monkeypatch, datasets_dir, params_file, previous_outputs, caplog):
+    mirror = make_mirror(tmp_path / "mirror", datasets_dir, skip=["fer2013.csv.gz"])
+    data = (datasets_dir / "fer2013.csv.gz").read_bytes()
+    (mirror / "fer2013.csv.gz").write_bytes(data[: len(data) // 2])
+    code, _, _ = run(params_file, tmp_path, monkeypatch, mirror)
+    assert code == 1
+    assert "fer2013.csv.gz" in caplog.text and "sha256 mismatch" in caplog.text
+    assert "gzip stream is truncated" in caplog.text
+    assert_untouched(previous_outputs, tmp_path)
+
+
+def test_wrong_checksum_fails_clearly_and_keeps_outputs(
+        tmp_path, monkeypatch, datasets_dir, params_file, previous_outputs, caplog):
+    mirror = make_mirror(tmp_path / "mirror", datasets_dir, skip=["fer2013new.csv"])
+    text = (datasets_dir / "fer2013new.csv").read_text().replace("Training", "training", 1)
+    (mirror / "fer2013new.csv").write_text(text)
+    code, _, _ = run(params_file, tmp_path, monkeypatch, mirror)
+    assert code == 1
+    assert "fer2013new.csv" in caplog.text
+    assert "expected 9206e20d62f56475939f516847d61753e4860caeac9718b560129541b776fc2c" in caplog.text
+    assert_untouched(previous_outputs, tmp_path)
+
+
+def test_missing_ckplus_says_how_to_get_it(
+        tmp_path, monkeypatch, datasets_dir, params_file, previous_outputs, caplog):
+    mirror = make_mirror(tmp_path / "mirror", datasets_dir, skip=["ckplus.zip"])
+    code, _, _ = run(params_file, tmp_path, monkeypatch, mirror)
+    assert code == 1
+    assert "dataset 'ckplus' (ckplus.zip) not found" in caplog.text
+    assert str(mirror / "ckplus.zip") in caplog.text  # where it looked
+    assert "may not be redistributed" in caplog.text  # how to get it
+    assert_untouched(previous_outputs, tmp_path)

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from ferops.io import atomic_directory, atomic_file, load_arrays, save_arrays, write_json
+
+
+def test_save_arrays_is_byte_deterministic_and_loadable(tmp_path):
+    arrays = {"images": np.arange(48, dtype=np.uint8).reshape(3, 4, 4),
+              "names": np.asarray(["a", "bb"], dtype="U4"), "flag": np.array([True, False])}
+    save_arrays(tmp_path / "a.npz", arrays)
+    save_arrays(tmp_path / "b.npz", dict(reversed(arrays.items())))
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    loaded = load_arrays(tmp_path / "a.npz")
+    assert sorted(loaded) == ["flag", "images", "names"]
+    np.testing.assert_array_equal(loaded["images"], arrays["images"])
+    assert loaded["names"].tolist() == ["a", "bb"]
+
+
+def test_atomic_file_keeps_previous_content_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"version": 1})
+    before = target.read_bytes()
+    with pytest.raises(RuntimeError), atomic_file(target) as temp:
+        temp.write_text("half-written")
+        raise RuntimeError("boom")
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left behind
+
+
+def test_atomic_directory_swaps_only_on_success(tmp_path):
+    target = tmp_path / "outdir"
+    with atomic_directory(target) as temp:
+        (temp / "a.txt").write_text("one")
+    with pytest.raises(RuntimeError), atomic_directory(target) as temp:
+        (temp / "a.txt").write_text("two")
+        raise RuntimeError("boom")
+    assert (target / "a.txt").read_text() == "one"
+    with atomic_directory(target) as temp:
+        (temp / "b.txt").write_text("three")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outdir"]
+
+
+def test_load_arrays_errors_name_the_file(tmp_path):
+    from ferops.errors import DataError
+
+    with pytest.raises(DataError, match="missing.npz: file not found"):
+        load_arrays(tmp_path / "missing.npz")
+    (tmp_path / "bad.npz").write_text("not a zip")
+    with pytest.raises(DataError, match="bad.npz: not a readable .npz"):
+        load_arrays(tmp_path / "bad.npz")
