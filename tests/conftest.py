@@ -43,3 +43,24 @@ def raw_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Pat
         check=True, env=env, cwd=REPO_ROOT,
     )
     return out
+
+
+def run_stage_script(name: str, *args: str) -> None:
+    subprocess.run([sys.executable, str(REPO_ROOT / "stages" / f"{name}.py"),
+                    "--params", str(REPO_ROOT / "params.yaml"), *args], check=True, cwd=REPO_ROOT)
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Path:
+    """Real prepared arrays (validate -> prepare -> oversample stages on the real raw data)."""
+    work = tmp_path_factory.mktemp("prepared")
+    run_stage_script("validate", "--raw", str(raw_dir), "--docs", str(work / "docs"),
+                     "--summary", str(work / "validation.json"))
+    run_stage_script("prepare", "--raw", str(raw_dir), "--validation", str(work / "validation.json"),
+                     "--out", str(work / "prepared"), "--report", str(work / "prepare.json"),
+                     "--figures", str(work / "figures"), "--galleries", str(work / "galleries"))
+    run_stage_script("oversample", "--train", str(work / "prepared" / "train.npz"),
+                     "--out", str(work / "prepared" / "oversampled.npz"),
+                     "--report", str(work / "oversample.json"),
+                     "--figure", str(work / "figures" / "oversample.png"))
+    return work / "prepared"

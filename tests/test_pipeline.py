@@ -1,4 +1,7 @@
-"""The data half of the pipeline, run the way users run it: `dvc repro` in a git repository."""
+"""The pipeline run the way users run it: `dvc repro` and `dvc exp run` in a git repository.
+
+Training uses a small profile (1 epoch on 512 images) so the whole test takes a few minutes.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,19 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from ferops.io import load_arrays
 
-# Data Docs embed the time of the run, so they are the one output that may differ on rerun.
-NOT_DETERMINISTIC = ("reports/validation/",)
+# Data Docs embed the time of the run; training is not bit-reproducible on CPU threads.
+NOT_DETERMINISTIC = ("reports/validation/", "reports/train.json", "reports/mlflow_run.json",
+                     "reports/plots/train/", "reports/figures/train/")
+SMALL_PROFILE = {"epochs": 1, "batch_size": 64, "warmup_epochs": 0, "max_train_images": 512}
 
 
 def copy_project(source: Path, target: Path) -> None:
@@ -26,6 +33,9 @@ def copy_project(source: Path, target: Path) -> None:
         if (source / name).is_file() and not name.startswith(("reports/", "dvc.lock")):
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, target / name)
+    params = yaml.safe_load((target / "params.yaml").read_text())
+    params["train"].update(SMALL_PROFILE)
+    (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         subprocess.run(command, cwd=target, check=True)
@@ -36,6 +46,24 @@ def dvc(project: Path, *args: str, env: dict[str, str]) -> str:
                             env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
+
+
+def mlflow_runs(project: Path) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ferops")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def wait_for_queue(project: Path, env: dict[str, str], timeout: float = 900) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = dvc(project, "queue", "status", env=env)
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(5)
+    raise AssertionError(f"queued experiment did not finish:\n{status}")
 
 
 def output_digests(project: Path) -> dict[str, str]:
@@ -49,15 +77,19 @@ def output_digests(project: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_dvc_repro_data_stages(tmp_path, repo_root, datasets_dir):
+def test_dvc_repro_and_experiments(tmp_path, repo_root, datasets_dir):
     project = tmp_path / "project"
     copy_project(repo_root, project)
     env = dict(os.environ, FEROPS_DATA_MIRROR=str(datasets_dir),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("MLFLOW_TRACKING_URI", None)
 
     log = dvc(project, "repro", env=env)
-    for stage in ("download", "validate", "prepare", "oversample"):
+    for stage in ("download", "validate", "prepare", "oversample", "train"):
         assert f"Running stage '{stage}'" in log
+    assert (project / "models/model.keras").is_file()
+    (run,) = mlflow_runs(project)
+    assert run.data.params["train.max_train_images"] == "512"
 
     train = load_arrays(project / "data/prepared/train.npz")
     balanced = load_arrays(project / "data/oversampled/train.npz")
@@ -73,11 +105,27 @@ def test_dvc_repro_data_stages(tmp_path, repo_root, datasets_dir):
     assert "Running stage" not in again
     assert "Data and pipelines are up to date" in dvc(project, "status", env=env)
 
-    # Forcing every stage to rerun reproduces the same bytes.
+    # Forcing the data stages to rerun reproduces the same bytes (so training is not stale).
     before = output_digests(project)
     assert any(name.startswith("data/prepared/") for name in before)
-    dvc(project, "repro", "--force", env=env)
+    dvc(project, "repro", "--force", "oversample", env=env)
     after = output_digests(project)
     changed = sorted(name for name in before if before[name] != after.get(name))
     assert not changed, f"outputs differ after a forced rerun: {changed}"
     assert before.keys() == after.keys()
+    assert "Data and pipelines are up to date" in dvc(project, "status", env=env)
+
+    # An experiment with one parameter changed reruns training only and is tracked as such.
+    log = dvc(project, "exp", "run", "-S", "train.lr=0.0005", env=env)
+    assert "Running stage 'train'" in log and "Running stage 'prepare'" not in log
+    runs = {r.data.params["train.lr"]: r for r in mlflow_runs(project)}
+    assert set(runs) == {"0.003", "0.0005"}
+    assert runs["0.0005"].data.tags["dvc.exp_name"] in dvc(project, "exp", "show", "--csv", env=env)
+
+    # A queued experiment runs in a temporary copy under .dvc/tmp but logs to the same store.
+    dvc(project, "exp", "run", "--queue", "-S", "train.lr=0.0002", env=env)
+    dvc(project, "queue", "start", env=env)
+    status = wait_for_queue(project, env)
+    assert "Success" in status, status
+    assert "0.0002" in {r.data.params["train.lr"] for r in mlflow_runs(project)}
+    assert not list((project / ".dvc").rglob("mlflow.db")), "a second MLflow store was created"

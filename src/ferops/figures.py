@@ -154,3 +154,34 @@ def panel_bars(
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     save_figure(figure, path)
+
+
+def training_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike[str], *,
+                    title: str = "", best_epoch: int | None = None) -> plt.Figure:
+    """Save loss, accuracy and learning-rate curves per epoch; return the figure (closed).
+
+    Args:
+        history: ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` and ``lr`` per epoch.
+        path: Destination PNG.
+        title: Figure title.
+        best_epoch: 1-based epoch to mark (the kept checkpoint).
+    """
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for axis, metric in zip(axes[:2], ("loss", "accuracy"), strict=True):
+        axis.plot(epochs, history[metric], label="train")
+        axis.plot(epochs, history[f"val_{metric}"], label="validation (PublicTest)")
+        axis.set_xlabel("epoch")
+        axis.set_title(metric, fontsize=10)
+        if best_epoch:
+            axis.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
+        axis.legend(fontsize=7)
+    axes[2].plot(epochs, history["lr"])
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("epoch")
+    axes[2].set_title("learning rate (end of epoch)", fontsize=10)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    save_figure(figure, path)
+    return figure

@@ -42,13 +42,7 @@ def read_params(path: str | os.PathLike[str], *sections: str) -> dict[str, Any]:
     Raises:
         ParamsError: The file is missing, not YAML, or lacks a requested section.
     """
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError as error:
-        raise ParamsError(f"{path}: params file not found") from error
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML ({error})") from error
+    data = read_all_params(path)
     missing = [section for section in sections if section not in data]
     if missing:
         raise ParamsError(f"{path}: missing section(s) {', '.join(missing)}")
@@ -80,3 +74,14 @@ def run_stage(name: str, body: Callable[[], None]) -> int:
         return 1
     logger.info("stage %s done", name)
     return 0
+
+
+def read_all_params(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the whole params file (for recording every value with a run)."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as error:
+        raise ParamsError(f"{path}: params file not found") from error
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML ({error})") from error

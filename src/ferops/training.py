@@ -1,0 +1,368 @@
+"""Train a classifier from the zoo: input pipeline, optimiser, schedule, callbacks, fit.
+
+Every setting comes in through :class:`TrainConfig` (built from params.yaml by the stage), and
+is checked before anything slow happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferops.errors import DataError, ParamsError
+from ferops.models import ARCHITECTURES, Augmentation, build_model
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "plateau", "constant")
+CLASS_WEIGHTS = ("none", "balanced")
+TARGETS = ("hard", "soft")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (the ``model`` and ``train`` params sections).
+
+    Attributes:
+        arch: Architecture name (see :data:`ferops.models.ARCHITECTURES`).
+        epochs: Maximum number of epochs.
+        batch_size: Images per step (per replica count is handled by the strategy).
+        lr: Peak learning rate.
+        optimizer: ``adam``, ``adamw`` or ``sgd`` (SGD uses Nesterov momentum).
+        weight_decay: Decoupled weight decay (adamw) / L2-like decay (sgd, adam via Keras).
+        momentum: SGD momentum.
+        schedule: ``cosine`` (with warm-up), ``constant`` (with warm-up) or ``plateau``
+            (halve the LR when validation accuracy stalls; no warm-up).
+        warmup_epochs: Linear warm-up length in epochs (fractions allowed).
+        label_smoothing: Cross-entropy label smoothing.
+        class_weight: ``none`` or ``balanced`` (inverse class frequency).
+        patience: Early-stopping patience in epochs on validation accuracy (0 = off).
+        target: ``hard`` (labels) or ``soft`` (FER+ vote distributions).
+        mixed_precision: ``auto``, ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
+        augment: In-graph augmentation.
+        max_train_images: Use only this many Training images (a small profile); None = all.
+        max_minutes: Stop after the epoch that crosses this wall-time budget; None = no budget.
+        seed: Random seed (weights, shuffling, augmentation).
+    """
+
+    arch: str = "mini_xception"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    class_weight: str = "none"
+    patience: int = 0
+    target: str = "hard"
+    mixed_precision: str = "auto"
+    augment: Augmentation = field(default_factory=Augmentation)
+    max_train_images: int | None = None
+    max_minutes: float | None = None
+    seed: int = 42
+
+    @classmethod
+    def from_params(cls, model: Mapping[str, Any], train: Mapping[str, Any], seed: int) -> TrainConfig:
+        """Build and check the config from the ``model`` and ``train`` params sections.
+
+        Raises:
+            ParamsError: An unknown key or an invalid value (named, with what was expected).
+        """
+        train = dict(train)
+        known = set(cls.__dataclass_fields__) - {"arch", "seed"}
+        unknown = set(train) - known
+        if unknown:
+            raise ParamsError(f"train: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        augment = Augmentation.from_params(train.pop("augment", None))
+        config = cls(arch=str(model.get("arch", cls.arch)), augment=augment, seed=int(seed), **train)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Refuse invalid settings with a message naming the parameter."""
+        def need(condition: bool, key: str, expected: str, value: Any) -> None:
+            if not condition:
+                raise ParamsError(f"{key}: expected {expected}, got {value!r}")
+
+        need(self.arch in ARCHITECTURES, "model.arch", f"one of {', '.join(sorted(ARCHITECTURES))}",
+             self.arch)
+        need(self.optimizer in OPTIMIZERS, "train.optimizer", f"one of {', '.join(OPTIMIZERS)}",
+             self.optimizer)
+        need(self.schedule in SCHEDULES, "train.schedule", f"one of {', '.join(SCHEDULES)}",
+             self.schedule)
+        need(self.class_weight in CLASS_WEIGHTS, "train.class_weight",
+             f"one of {', '.join(CLASS_WEIGHTS)}", self.class_weight)
+        need(self.target in TARGETS, "train.target", f"one of {', '.join(TARGETS)}", self.target)
+        need(_number(self.lr) and self.lr > 0, "train.lr", "a number > 0", self.lr)
+        need(isinstance(self.batch_size, int) and self.batch_size > 0, "train.batch_size",
+             "an integer > 0", self.batch_size)
+        need(isinstance(self.epochs, int) and self.epochs > 0, "train.epochs", "an integer > 0",
+             self.epochs)
+        need(_number(self.weight_decay) and self.weight_decay >= 0, "train.weight_decay",
+             "a number >= 0", self.weight_decay)
+        need(_number(self.momentum) and 0 <= self.momentum < 1, "train.momentum", "a number in [0, 1)",
+             self.momentum)
+        need(_number(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
+             "train.warmup_epochs", "a number >= 0 and below train.epochs", self.warmup_epochs)
+        need(_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+             "train.label_smoothing", "a number in [0, 1)", self.label_smoothing)
+        need(isinstance(self.patience, int) and self.patience >= 0, "train.patience",
+             "an integer >= 0", self.patience)
+        need(self.max_train_images is None or (isinstance(self.max_train_images, int)
+                                               and self.max_train_images >= self.batch_size),
+             "train.max_train_images", "null or an integer >= train.batch_size", self.max_train_images)
+        need(self.max_minutes is None or (_number(self.max_minutes) and self.max_minutes > 0),
+             "train.max_minutes", "null or a number > 0", self.max_minutes)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        model: The model with the best-validation-accuracy weights.
+        history: Metric name to one value per epoch (loss, accuracy, val_loss, val_accuracy, lr).
+        best_epoch: 1-based epoch of the best validation accuracy.
+        epochs_run: Epochs actually run (early stopping or the time budget may cut the run).
+        seconds: Wall time of ``fit`` (training and validation passes).
+        images_per_second: Training images processed per second of wall time.
+    """
+
+    model: Any
+    history: dict[str, list[float]]
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    images_per_second: float
+
+    @property
+    def best_val_accuracy(self) -> float:
+        """Validation accuracy at the best epoch."""
+        return float(self.history["val_accuracy"][self.best_epoch - 1])
+
+
+def subsample(arrays: Mapping[str, np.ndarray], limit: int | None, seed: int) -> dict[str, np.ndarray]:
+    """Keep a seeded, class-stratified random subset of ``limit`` images (None: keep all)."""
+    count = len(arrays["label"])
+    if limit is None or limit >= count:
+        return dict(arrays)
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(np.arange(count), train_size=limit, random_state=seed,
+                               stratify=arrays["label"])
+    keep = np.sort(keep)
+    return {key: (value[keep] if len(value) == count else value) for key, value in arrays.items()}
+
+
+def targets_for(arrays: Mapping[str, np.ndarray], target: str, n_classes: int, where: str) -> np.ndarray:
+    """Training targets: one-hot labels (hard) or FER+ vote distributions (soft), float32."""
+    label = np.asarray(arrays["label"])
+    if (label < 0).any():
+        raise DataError(f"{where}: {(label < 0).sum()} images have no label (-1)")
+    if target == "soft":
+        soft = np.asarray(arrays["soft_label"], dtype=np.float32)
+        empty = soft.sum(axis=1) <= 0
+        if empty.any():
+            raise DataError(f"{where}: {empty.sum()} images have no FER+ vote distribution; "
+                            "train.target=soft needs prepare.labels=ferplus")
+        return soft
+    return np.eye(n_classes, dtype=np.float32)[label]
+
+
+def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, *, training: bool,
+                 seed: int) -> Any:
+    """A ``tf.data`` pipeline over in-memory uint8 images.
+
+    Training batches are shuffled each epoch and always full (``drop_remainder``): TensorFlow
+    2.21's oneDNN kernels crash on a ragged last batch with some separable-conv nets.
+    """
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((images[..., None], targets))
+    if training:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def learning_rate(config: TrainConfig, steps_per_epoch: int) -> Any:
+    """The learning rate (a schedule for cosine/constant with warm-up; a float for plateau)."""
+    import keras
+
+    if config.schedule == "plateau":
+        return config.lr
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    total = config.epochs * steps_per_epoch
+    # CosineDecay with alpha=1 stays flat after the warm-up: the "constant" schedule.
+    alpha = 1.0 if config.schedule == "constant" else 0.01
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.lr / 10 if warmup else config.lr,
+        decay_steps=max(1, total - warmup),
+        alpha=alpha,
+        warmup_target=config.lr if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> Any:
+    """Build the optimizer named by ``train.optimizer`` with its learning-rate schedule."""
+    import keras
+
+    rate = learning_rate(config, steps_per_epoch)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True,
+                                    weight_decay=config.weight_decay or None)
+    return keras.optimizers.Adam(rate, weight_decay=config.weight_decay or None)
+
+
+def balanced_class_weight(label: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Inverse-frequency class weights (scikit-learn's "balanced")."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    weights = compute_class_weight("balanced", classes=np.arange(n_classes), y=label)
+    return {index: float(weight) for index, weight in enumerate(weights)}
+
+
+def _epoch_callback(on_epoch: Callable[[int, dict[str, float]], None] | None,
+                    rows: list[dict[str, float]], images_per_epoch: int) -> Any:
+    import keras
+
+    class EpochReport(keras.callbacks.Callback):
+        """Logs each epoch, records it in ``rows`` and hands it to ``on_epoch`` (e.g. MLflow)."""
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = dict(logs or {})
+            seconds = time.perf_counter() - self.started
+            optimizer = self.model.optimizer
+            logs["lr"] = float(keras.ops.convert_to_numpy(
+                optimizer.learning_rate if not callable(optimizer.learning_rate)
+                else optimizer.learning_rate(optimizer.iterations)))
+            logs["epoch_seconds"] = seconds
+            logs["images_per_second"] = images_per_epoch / seconds
+            logger.info(
+                "epoch %d: loss %.4f acc %.4f | val_loss %.4f val_acc %.4f | lr %.2e | %.0f s, "
+                "%.0f images/s", epoch + 1, logs.get("loss", math.nan), logs.get("accuracy", math.nan),
+                logs.get("val_loss", math.nan), logs.get("val_accuracy", math.nan), logs["lr"],
+                seconds, logs["images_per_second"])
+            rows.append({key: float(value) for key, value in logs.items()})
+            if on_epoch:
+                on_epoch(epoch + 1, rows[-1])
+
+    return EpochReport()
+
+
+def _time_budget_callback(max_minutes: float, start: float) -> Any:
+    import keras
+
+    class TimeBudget(keras.callbacks.Callback):
+        """Stops training after the epoch that crosses the wall-time budget."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if time.perf_counter() - start > max_minutes * 60:
+                logger.info("time budget of %.1f min reached after epoch %d", max_minutes, epoch + 1)
+                self.model.stop_training = True
+
+    return TimeBudget()
+
+
+def train(
+    config: TrainConfig,
+    train_arrays: Mapping[str, np.ndarray],
+    val_arrays: Mapping[str, np.ndarray],
+    *,
+    n_classes: int,
+    image_size: int,
+    checkpoint: Path,
+    strategy: Any = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``config.arch`` on the Training arrays, validating on PublicTest each epoch.
+
+    Args:
+        config: The checked training config.
+        train_arrays: Training split (``images``, ``label``, ``soft_label``...).
+        val_arrays: Validation split (PublicTest).
+        n_classes: Number of classes.
+        image_size: Image side.
+        checkpoint: Where the best model (by validation accuracy) is saved during training.
+        strategy: A ``tf.distribute`` strategy (None: the default one).
+        on_epoch: Called after each epoch with (epoch number, metrics).
+
+    Returns:
+        The best model, per-epoch history and timing.
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    train_arrays = subsample(train_arrays, config.max_train_images, config.seed)
+    train_y = targets_for(train_arrays, config.target, n_classes, "training data")
+    val_y = targets_for(val_arrays, "hard", n_classes, "validation data")
+    steps = len(train_y) // config.batch_size
+    if steps == 0:
+        raise ParamsError(f"train.batch_size: {config.batch_size} is larger than the "
+                          f"{len(train_y)} training images")
+    train_ds = make_dataset(train_arrays["images"], train_y, config.batch_size, training=True,
+                            seed=config.seed)
+    val_ds = make_dataset(val_arrays["images"], val_y, config.batch_size, training=False,
+                          seed=config.seed)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        model = build_model(config.arch, n_classes, image_size, config.augment, config.seed)
+        model.compile(
+            optimizer=make_optimizer(config, steps),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, float]] = []
+    start = time.perf_counter()
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_accuracy", mode="max",
+                                        save_best_only=True),
+        _epoch_callback(on_epoch, rows, steps * config.batch_size),
+    ]
+    if config.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max",
+                                                           factor=0.5, patience=3, min_lr=config.lr / 100))
+    if config.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                                       patience=config.patience))
+    if config.max_minutes:
+        callbacks.append(_time_budget_callback(config.max_minutes, start))
+    class_weight = (balanced_class_weight(train_arrays["label"], n_classes)
+                    if config.class_weight == "balanced" else None)
+    logger.info("training %s on %d images (%d steps/epoch of %d), validating on %d", config.arch,
+                len(train_y), steps, config.batch_size, len(val_y))
+    # shuffle=False: the tf.data pipeline already reshuffles every epoch.
+    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+              class_weight=class_weight, shuffle=False, verbose=0)
+    seconds = time.perf_counter() - start
+    history = {key: [row[key] for row in rows] for key in rows[0]}
+    epochs_run = len(history["val_accuracy"])
+    best_epoch = int(np.argmax(history["val_accuracy"])) + 1
+    best = keras.saving.load_model(checkpoint)
+    return TrainResult(model=best, history=history, best_epoch=best_epoch, epochs_run=epochs_run,
+                       seconds=seconds, images_per_second=epochs_run * steps * config.batch_size / seconds)
