@@ -209,6 +209,9 @@ def prepare_fer2013(
         **{f"flag_{rule}": mask for rule, mask in flags.items()},
     }
     class_names = np.asarray(list(classes), dtype="U16")
+    # A test row is "clean" when no data-quality rule flags it (FER+ labelling aside).
+    flagged_any = (flags["non_faces"] | flags["blank"] | flags["conflicting_duplicates"]
+                   | flags["leakage"])
     splits: dict[str, dict[str, np.ndarray]] = {}
     split_report: dict[str, Any] = {}
     for index, name in enumerate(USAGES):
@@ -225,9 +228,6 @@ def prepare_fer2013(
             "class_counts_after": _class_counts(label[keep], classes),
         }
         if name != "Training":
-            flagged_any = np.zeros(len(fer), dtype=bool)
-            for rule in ("non_faces", "blank", "conflicting_duplicates", "leakage"):
-                flagged_any |= flags[rule]
             split_report[name]["clean_rows"] = int((keep & ~flagged_any).sum())
         logger.info("%s: %d rows in, %d out", name, in_split.sum(), keep.sum())
 

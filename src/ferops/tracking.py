@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from ferops.errors import FeropsError
 from ferops.io import write_json
 
 logger = logging.getLogger(__name__)
@@ -127,11 +126,3 @@ def write_receipt(path: Path, run_id: str, experiment_id: str, uri: str, model_u
     """Write the receipt later stages read to find (and add to) this pipeline run."""
     write_json(path, {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": uri,
                       "model_uri": model_uri})
-
-
-def read_receipt(path: Path) -> dict[str, Any]:
-    """Read a run receipt written by the train stage."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise FeropsError(f"{path}: no MLflow run receipt; run the train stage first") from error
