@@ -12,7 +12,9 @@ import csv
 import logging
 import os
 import tempfile
+import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +43,28 @@ def write_history(path: Path, history: dict[str, list[float]]) -> None:
         writer.writerow(["epoch", *keys])
         for index in range(len(history[keys[0]])):
             writer.writerow([index + 1, *(f"{history[key][index]:.6g}" for key in keys)])
+
+
+def log_keras_model(model: Any, signature: Any, input_example: np.ndarray) -> Any:
+    """``mlflow.keras.log_model`` with a signature and an input example; returns its ModelInfo.
+
+    MLflow 3.17's Keras flavour writes ``input_example.json`` before it creates the model
+    directory, so ``mlflow.keras.log_model(..., input_example=...)`` raises FileNotFoundError
+    (mlflow/mlflow#16183; the TensorFlow and PyTorch flavours create the directory first). The
+    same ``Model.log`` call goes through a wrapper flavour that creates the directory, then runs
+    ``mlflow.keras.save_model``: the logged model is an ordinary Keras-flavour model. Harmless
+    once MLflow is fixed.
+    """
+    import mlflow
+    from mlflow.models import Model
+
+    def save_model(path: str, **kwargs: Any) -> None:
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+    flavor = types.SimpleNamespace(__name__="mlflow.keras", save_model=save_model)
+    return Model.log(artifact_path=None, name="model", flavor=flavor, model=model, signature=signature,
+                     input_example=input_example)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                 "best": {key: values[result.best_epoch - 1] for key, values in result.history.items()},
                 "final": {key: values[-1] for key, values in result.history.items()},
                 "train_seconds": round(result.seconds, 1),
+                # CPU seconds of the training process: on a shared machine, divided by the number
+                # of cores this estimates how long the run would have taken alone.
+                "train_cpu_seconds": round(result.cpu_seconds, 1),
                 "images_per_second": round(result.images_per_second, 1),
                 "devices": hardware.devices,
                 "precision": hardware.precision,
@@ -124,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("params.yaml", "dvc.lock"):
                 if Path(name).is_file():
                     mlflow.log_artifact(name, "pipeline")
+            # Pyfunc enforces the signature strictly: the example and the signature are float32.
             sample = val_arrays["images"][:8, ..., None].astype(np.float32)
             signature = infer_signature(sample, result.model.predict(sample, verbose=0))
-            logged = mlflow.keras.log_model(result.model, name="model", signature=signature)
+            logged = log_keras_model(result.model, signature, input_example=sample[:2])
             write_history(Path(args.history), result.history)
             write_json(args.report, summary)
             write_receipt(Path(args.receipt), run.info.run_id, experiment_id, uri, logged.model_uri)

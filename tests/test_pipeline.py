@@ -22,7 +22,9 @@ from ferops.io import load_arrays
 # Data Docs embed the time of the run; training is not bit-reproducible on CPU threads.
 NOT_DETERMINISTIC = ("reports/validation/", "reports/train.json", "reports/mlflow_run.json",
                      "reports/plots/train/", "reports/figures/train/")
+REGISTRY = "ferops-fer2013"
 SMALL_PROFILE = {"epochs": 1, "batch_size": 64, "warmup_epochs": 0, "max_train_images": 512}
+FAST_EVALUATION = {"tta": "none", "gradcam_per_class": 2, "mistakes_per_class": 2}
 
 
 def copy_project(source: Path, target: Path) -> None:
@@ -34,7 +36,9 @@ def copy_project(source: Path, target: Path) -> None:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, target / name)
     params = yaml.safe_load((target / "params.yaml").read_text())
-    params["train"].update(SMALL_PROFILE)
+    params["train"].update({key: value for key, value in SMALL_PROFILE.items() if key in params["train"]})
+    params["train"]["max_minutes"] = None
+    params["evaluate"].update(FAST_EVALUATION)
     (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
@@ -54,6 +58,16 @@ def mlflow_runs(project: Path) -> list:
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ferops")
     return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def registry_versions(project: Path) -> dict[str, str]:
+    """Version number -> MLflow run id of the registered model in the project's store."""
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    # The registry URI must be given too: otherwise MLflow uses the process-wide one.
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    return {str(v.version): v.run_id for v in client.search_model_versions(f"name = '{REGISTRY}'")}
 
 
 def wait_for_queue(project: Path, env: dict[str, str], timeout: float = 900) -> str:
@@ -85,11 +99,13 @@ def test_dvc_repro_and_experiments(tmp_path, repo_root, datasets_dir):
     env.pop("MLFLOW_TRACKING_URI", None)
 
     log = dvc(project, "repro", env=env)
-    for stage in ("download", "validate", "prepare", "oversample", "train"):
+    for stage in ("download", "validate", "prepare", "oversample", "train", "evaluate", "register"):
         assert f"Running stage '{stage}'" in log
     assert (project / "models/model.keras").is_file()
     (run,) = mlflow_runs(project)
     assert run.data.params["train.max_train_images"] == "512"
+    assert "private_test.accuracy" in run.data.metrics  # evaluate added to the training's run
+    assert registry_versions(project) == {"1": run.info.run_id}
 
     train = load_arrays(project / "data/prepared/train.npz")
     balanced = load_arrays(project / "data/oversampled/train.npz")
@@ -98,7 +114,10 @@ def test_dvc_repro_and_experiments(tmp_path, repo_root, datasets_dir):
     assert (np.bincount(balanced["label"])[1] > np.bincount(train["label"])[1])  # disgust raised
     assert (project / "reports/validation.json").is_file()
     metrics = dvc(project, "metrics", "show", env=env)
-    assert "reports/prepare.json" in metrics
+    assert "reports/prepare.json" in metrics and "private_test.accuracy" in metrics
+    dvc(project, "plots", "show", env=env)
+    page = (project / "dvc_plots" / "index.html").read_text()
+    assert "confusion_private_test" in page and "history.csv" in page
 
     # Nothing changed: a second repro runs nothing.
     again = dvc(project, "repro", env=env)
@@ -116,10 +135,12 @@ def test_dvc_repro_and_experiments(tmp_path, repo_root, datasets_dir):
     assert "Data and pipelines are up to date" in dvc(project, "status", env=env)
 
     # An experiment with one parameter changed reruns training only and is tracked as such.
+    default_lr = str(yaml.safe_load((project / "params.yaml").read_text())["train"]["lr"])
     log = dvc(project, "exp", "run", "-S", "train.lr=0.0005", env=env)
     assert "Running stage 'train'" in log and "Running stage 'prepare'" not in log
     runs = {r.data.params["train.lr"]: r for r in mlflow_runs(project)}
-    assert set(runs) == {"0.003", "0.0005"}
+    assert set(runs) == {default_lr, "0.0005"}
+    assert registry_versions(project)["2"] == runs["0.0005"].info.run_id
     assert runs["0.0005"].data.tags["dvc.exp_name"] in dvc(project, "exp", "show", "--csv", env=env)
 
     # A queued experiment runs in a temporary copy under .dvc/tmp but logs to the same store.
@@ -128,4 +149,5 @@ def test_dvc_repro_and_experiments(tmp_path, repo_root, datasets_dir):
     status = wait_for_queue(project, env)
     assert "Success" in status, status
     assert "0.0002" in {r.data.params["train.lr"] for r in mlflow_runs(project)}
+    assert len(registry_versions(project)) == 3
     assert not list((project / ".dvc").rglob("mlflow.db")), "a second MLflow store was created"

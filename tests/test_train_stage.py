@@ -37,6 +37,15 @@ def stage_args(params: Path, prepared: Path, out: Path) -> list[str]:
             "--receipt", str(out / "reports/mlflow_run.json")]
 
 
+@pytest.fixture(autouse=True)
+def _restore_dtype_policy():
+    """The stage sets the global Keras dtype policy (mixed bfloat16 on AMX CPUs): reset it."""
+    yield
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture()
 def project(tmp_path, monkeypatch):
     """An empty git repository as the working directory (where mlflow.db goes by default)."""
@@ -63,7 +72,7 @@ def test_short_training_logs_a_complete_run(project, prepared_dir, repo_root):
     run = client.get_run(receipt["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lr"] == "0.002"
-    assert run.data.params["model.arch"] == "mini_xception"
+    assert run.data.params["model.arch"] == "resnet_s2d"
     assert run.data.params["base.classes"].startswith('["angry"')
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "best_val_accuracy"):
         assert metric in run.data.metrics, metric
@@ -74,6 +83,15 @@ def test_short_training_logs_a_complete_run(project, prepared_dir, repo_root):
                        "fer2013-public-test": md5_file(prepared_dir / "public_test.npz")}
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "pipeline")}
     assert "pipeline/params.yaml" in artifacts
+
+    # The logged model carries a signature and a real input example that it accepts.
+    from mlflow.models import Model
+
+    local_model = mlflow.artifacts.download_artifacts(receipt["model_uri"])
+    logged = Model.load(local_model)
+    assert list(logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 48, 48, 1]
+    example = logged.load_input_example(local_model)
+    assert example.shape == (2, 48, 48, 1) and example.dtype == np.float32 and example.max() > 1
 
     # The logged model loads back and predicts probabilities for real faces.
     model = mlflow.keras.load_model(receipt["model_uri"])

@@ -3,8 +3,8 @@ import pytest
 
 from ferops.errors import ParamsError
 from ferops.io import load_arrays
-from ferops.models import ARCHITECTURES, Augmentation, build_model
-from ferops.training import TrainConfig, subsample, train
+from ferops.models import ARCHITECTURES, Augmentation, build_model, space_to_depth
+from ferops.training import TrainConfig, make_optimizer, one_cycle_rate, subsample, train
 
 MODEL = {"arch": "mini_xception"}
 
@@ -13,7 +13,9 @@ MODEL = {"arch": "mini_xception"}
     ({"optimizer": "rmsprop"}, "train.optimizer: expected one of adam, adamw, sgd, got 'rmsprop'"),
     ({"lr": -0.001}, "train.lr: expected a number > 0, got -0.001"),
     ({"batch_size": 0}, "train.batch_size: expected an integer > 0, got 0"),
-    ({"schedule": "step"}, "train.schedule: expected one of"),
+    ({"schedule": "step"}, "train.schedule: expected one of cosine, onecycle, plateau, constant"),
+    ({"decay_norm_and_bias": "no"}, "train.decay_norm_and_bias: expected true or false, got 'no'"),
+    ({"epochs": 10, "warmup_epochs": 10}, "train.warmup_epochs: expected a number >= 0 and below"),
     ({"learning_rate": 0.1}, r"train: unknown key\(s\) \['learning_rate'\]"),
     ({"augment": {"rotation": 2}}, r"train.augment.rotation: expected a number in \[0, 1\)"),
 ])
@@ -23,7 +25,7 @@ def test_bad_params_fail_before_training(change, message):
 
 
 def test_unknown_architecture_lists_the_choices():
-    with pytest.raises(ParamsError, match="model.arch: .*mini_xception, resnet, seed_cnn, vgg"):
+    with pytest.raises(ParamsError, match="model.arch: .*mini_xception, resnet, resnet_s2d, seed_cnn, vgg"):
         TrainConfig.from_params({"arch": "alexnet"}, {}, seed=0)
     with pytest.raises(ParamsError, match="unknown architecture 'alexnet'"):
         build_model("alexnet")
@@ -37,6 +39,49 @@ def test_subsample_is_stratified_and_seeded():
     assert counts.sum() == 50
     assert np.abs(counts - np.array([25, 2.5, 12.5, 10])).max() <= 1  # class shares kept
     assert first["classes"].tolist() == ["a"] * 4  # non-per-image arrays pass through
+
+
+def test_one_cycle_warms_up_linearly_then_decays_to_zero():
+    rates = [one_cycle_rate(step, total_steps=100, warmup_steps=20, peak=0.1) for step in range(101)]
+    assert rates[0] == pytest.approx(0.004)  # 4 % of the peak
+    assert rates[10] == pytest.approx(0.004 + 0.096 / 2)
+    assert max(rates) == pytest.approx(0.1) and int(np.argmax(rates)) == 20
+    assert rates[60] == pytest.approx(0.05)
+    assert rates[99] == pytest.approx(0.1 / 80) and rates[100] == 0  # the last step of 100
+    assert np.all(np.diff(rates[20:]) < 0)
+    assert one_cycle_rate(0, total_steps=10, warmup_steps=0, peak=0.1) == pytest.approx(0.1)
+
+
+def test_space_to_depth_matches_tensorflow():
+    import keras
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).random((2, 6, 4, 3)).astype(np.float32)
+    inputs = keras.Input((6, 4, 3))
+    model = keras.Model(inputs, space_to_depth(inputs))
+    np.testing.assert_array_equal(model.predict(images, verbose=0),
+                                  tf.nn.space_to_depth(images, 2).numpy())
+    with pytest.raises(ParamsError, match="needs a multiple of 2, got 5x4"):
+        space_to_depth(keras.Input((5, 4, 1)))
+
+
+@pytest.mark.parametrize("decay_norm_and_bias", [True, False])
+def test_weight_decay_can_spare_batchnorm_and_biases(decay_norm_and_bias):
+    import keras
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Dense(2)(inputs)))
+    config = TrainConfig(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.5, schedule="constant",
+                         warmup_epochs=0, decay_norm_and_bias=decay_norm_and_bias)
+    optimizer = make_optimizer(config, steps_per_epoch=1)
+    for variable in model.trainable_variables:
+        variable.assign(np.ones(variable.shape, dtype=np.float32))
+    # A zero gradient leaves only the decay: each decayed weight goes from 1 to 1 - lr * 0.5.
+    optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v) for v in model.trainable_variables])
+    after = {v.path.split("/")[-1]: float(np.asarray(v).ravel()[0]) for v in model.trainable_variables}
+    assert after["kernel"] == pytest.approx(0.5)
+    for name in ("bias", "gamma", "beta"):
+        assert after[name] == pytest.approx(0.5 if decay_norm_and_bias else 1.0), name
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +113,9 @@ def test_models_take_raw_pixels_and_output_probabilities(faces):
 
 
 def _short_run(prepared_dir, tmp_path, seed, images=512):
-    config = TrainConfig(epochs=1, batch_size=64, warmup_epochs=0, max_train_images=images, seed=seed)
+    # onecycle over 8 steps of 64: the rate of the last step is 0.01 * (1 - 7/8).
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.01, schedule="onecycle", warmup_epochs=0,
+                         max_train_images=images, seed=seed)
     return train(config, load_arrays(prepared_dir / "train.npz"),
                  load_arrays(prepared_dir / "public_test.npz"), n_classes=7, image_size=48,
                  checkpoint=tmp_path / f"best-{seed}.keras")
@@ -81,15 +128,18 @@ def test_same_seed_gives_the_same_first_epoch_loss(prepared_dir, tmp_path):
     other = _short_run(prepared_dir, tmp_path, seed=8)
     assert first.history["loss"][0] == pytest.approx(second.history["loss"][0], abs=1e-4)
     assert first.history["loss"][0] != pytest.approx(other.history["loss"][0], abs=1e-4)
+    assert first.history["lr"][0] == pytest.approx(0.01 / 8)  # the onecycle callback set each step
+    assert first.cpu_seconds > 0
 
 
 @pytest.mark.slow
-def test_default_net_trains_a_full_epoch_on_the_full_training_split(prepared_dir, tmp_path):
-    # Regression guard: TF 2.21 + oneDNN crashed on a ragged last batch with this kind of net
-    # (STACK-NOTES); the input pipeline drops the remainder. 27,794 images do not divide by 128.
+def test_separable_net_trains_a_full_epoch_on_the_full_training_split(prepared_dir, tmp_path):
+    # Regression guard: TF 2.21 + oneDNN crashed on a ragged last batch with mini_xception-like
+    # separable-conv nets (STACK-NOTES); the input pipeline drops the remainder. 27,794 images do
+    # not divide by 128. mini_xception is the net that crashed, and 3x cheaper than the default.
     train_arrays = load_arrays(prepared_dir / "train.npz")
     assert len(train_arrays["label"]) % 128 != 0
-    config = TrainConfig(epochs=1, batch_size=128, warmup_epochs=0)
+    config = TrainConfig(arch="mini_xception", epochs=1, batch_size=128, warmup_epochs=0)
     result = train(config, train_arrays, load_arrays(prepared_dir / "public_test.npz"), n_classes=7,
                    image_size=48, checkpoint=tmp_path / "best.keras")
     assert result.epochs_run == 1

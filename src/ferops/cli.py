@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,10 +24,16 @@ logger = logging.getLogger("ferops.cli")
 
 _EPILOG = """\
 The pipeline runs with DVC, not with this command:
-  dvc repro                      download -> validate -> prepare -> oversample (see dvc.yaml)
-  dvc exp run -S prepare.labels=ferplus   an experiment with one parameter changed
+  dvc repro                      download -> validate -> prepare -> oversample -> train
+                                 -> evaluate -> register (see dvc.yaml)
+  dvc exp run -S train.lr=1e-4   an experiment with one parameter changed
   dvc metrics show               counts and figures from reports/*.json
+Then: ferops promote --dry-run   compare the new model (challenger) with the champion
+Use it: ferops predict photo.jpg, ferops serve, ferops export --format onnx
 """
+
+# Exit status of `ferops promote` when the gate refuses the candidate (1 is an error).
+EXIT_REFUSED = 3
 
 
 def describe_arrays(arrays: dict[str, np.ndarray]) -> list[str]:
@@ -80,6 +87,147 @@ def _inspect(args: argparse.Namespace) -> None:
                    title=f"{Path(args.path).name}: {args.per_class} random images per class")
 
 
+def _promote(args: argparse.Namespace) -> int:
+    from ferops.registry import Gate, promote
+    from ferops.runtime import read_params
+    from ferops.tracking import find_project_root, tracking_uri
+
+    sections = read_params(args.params, "base", "registry", "promote")
+    uri = args.tracking_uri or tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"),
+                                            find_project_root(Path(args.params).resolve().parent))
+    name = args.name or sections["registry"]["name"]
+    result = promote(uri, name, Gate.from_params(sections["promote"]), list(sections["base"]["classes"]),
+                     candidate_alias=args.candidate or sections["registry"]["alias"],
+                     version=args.version, dry_run=args.dry_run, force=args.force, reason=args.reason)
+    lines = [f"{name}: candidate version {result.candidate}, champion "
+             f"{'version ' + str(result.champion) if result.champion else '(none yet)'}"]
+    if result.table:
+        lines += ["", result.table, ""]
+    verdict = {"promoted": f"PROMOTED: version {result.candidate} is now @champion",
+               "refused": "REFUSED: champion unchanged",
+               "unchanged": "UNCHANGED",
+               "dry-run": "DRY RUN: nothing changed; the gate would "
+                          + ("promote" if result.decision.passed else "refuse")}[result.action]
+    if result.action == "promoted" and not result.decision.passed:
+        verdict = (f"FORCED: version {result.candidate} is now @champion although the gate refused; "
+                   f"reason recorded: {args.reason}")
+    lines.append(f"{verdict} ({result.decision.summary})")
+    if result.action == "refused":
+        lines.append("To override: ferops promote --force --reason \"why\" (recorded on the version).")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_REFUSED if not result.decision.passed and result.action != "promoted" else 0
+
+
+# Exit status of `ferops predict` when some inputs could not be read (the others were processed).
+EXIT_SOME_FAILED = 4
+
+
+def _model_tracking_uri(args: argparse.Namespace) -> str | None:
+    """The MLflow store for models:/ and runs:/ references: flag, env, else the project's mlflow.db."""
+    from ferops.tracking import find_project_root, tracking_uri
+
+    if not str(args.model).startswith(("models:/", "runs:/")):
+        return None
+    if args.tracking_uri:
+        return args.tracking_uri
+    start = Path.cwd().resolve()
+    # The project root is the nearest folder up with params.yaml (the command may run in a subfolder).
+    root = next((p for p in (start, *start.parents) if (p / "params.yaml").is_file()), start)
+    return tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"), find_project_root(root))
+
+
+def _predictor(args: argparse.Namespace):  # -> ferops.predict.Predictor
+    from ferops.faces import FaceDetector
+    from ferops.inference import load_classifier
+    from ferops.predict import Predictor
+
+    if args.max_faces is not None and args.max_faces < 1:
+        raise FeropsError(f"--max-faces must be >= 1, got {args.max_faces}")
+    detector = FaceDetector(min_size=args.min_face, dnn_model=args.dnn_detector)
+    classifier = load_classifier(args.model, tracking_uri=_model_tracking_uri(args),
+                                 batch_size=args.batch_size)
+    return Predictor(classifier, detector, max_faces=args.max_faces)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ferops.predict import predict_camera, run_inputs, write_results
+
+    if not args.inputs and args.camera is None:
+        raise FeropsError("nothing to do: give image/video files or folders, or --camera INDEX")
+    if args.every < 1:
+        raise FeropsError(f"--every must be >= 1, got {args.every}")
+    fmt = args.format or ("csv" if args.output and args.output.suffix.lower() == ".csv" else "json")
+    predictor = _predictor(args)
+    results = run_inputs(args.inputs, predictor, annotate_dir=args.annotate, every=args.every,
+                         max_frames=args.max_frames, progress=not args.no_progress)
+    if args.camera is not None:
+        target = args.annotate / f"camera{args.camera}.mp4" if args.annotate else None
+        results.append(predict_camera(args.camera, predictor, headless=args.headless, annotate_to=target,
+                                      max_frames=args.max_frames))
+    write_results(results, predictor, args.output, fmt)
+    failed = [result for result in results if result.error]
+    faces = sum(len(result.faces) for result in results)
+    logger.info("%d input(s), %d face(s), %d failed", len(results), faces, len(failed))
+    if failed:
+        logger.error("%d of %d input(s) failed: %s", len(failed), len(results),
+                     "; ".join(result.error for result in failed[:5]) + (" ..." if len(failed) > 5 else ""))
+        return EXIT_SOME_FAILED
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ferops.serve import serve
+
+    if args.max_upload_mb <= 0:
+        raise FeropsError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    serve(_predictor(args), host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ferops.export import ExportError, export_onnx, parity
+    from ferops.inference import KerasClassifier, load_classifier
+
+    classifier = load_classifier(args.model, tracking_uri=_model_tracking_uri(args))
+    if not isinstance(classifier, KerasClassifier):
+        raise ExportError(f"{args.model}: already an ONNX model; --model must be a Keras model "
+                          "(.keras file, MLflow model or registry reference)")
+    output = export_onnx(classifier.model, args.output, opset=args.opset)
+    if args.verify:
+        # Random pixels exercise every layer; the parity on real faces is checked by the tests.
+        pixels = np.random.default_rng(0).uniform(0, 255, (32, 48, 48, 1)).astype(np.float32)
+        difference = parity(classifier.model, output, pixels)
+        if difference > args.tolerance:
+            output.unlink(missing_ok=True)
+            raise ExportError(f"{output}: ONNX Runtime and Keras disagree by {difference:.2e} "
+                              f"(> --tolerance {args.tolerance:g}); the file was removed")
+        logger.info("verified: ONNX Runtime matches Keras within %.1e (max abs difference)", difference)
+    sys.stdout.write(f"{output}\n")
+    return 0
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from ferops.inference import DEFAULT_MODEL
+
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID, runs:/RUN_ID/PATH, "
+                             f"an MLflow model folder, or a .keras or .onnx file (default {DEFAULT_MODEL}; "
+                             ".onnx runs on ONNX Runtime)")
+    parser.add_argument("--tracking-uri",
+                        help="MLflow tracking/registry URI for models:/ and runs:/ (default: "
+                             "MLFLOW_TRACKING_URI, else sqlite mlflow.db at the repository root)")
+
+
+def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dnn-detector", metavar="ONNX", type=Path,
+                        help="use OpenCV's DNN face detector (FaceDetectorYN) with this YuNet model file, "
+                             "e.g. face_detection_yunet_2023mar.onnx (default: OpenCV's Haar cascade)")
+    parser.add_argument("--min-face", type=int, default=30, metavar="PX",
+                        help="smallest face side to detect, in pixels (default 30)")
+    parser.add_argument("--max-faces", type=int, metavar="N", help="keep only the N largest faces per image")
+    parser.add_argument("--batch-size", type=int, default=64, help="faces per model call (default 64)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the `ferops` command."""
     parser = argparse.ArgumentParser(
@@ -103,6 +251,119 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--per-class", type=int, default=8, help="images per class (default 8)")
     inspect.add_argument("--seed", type=int, default=0, help="random seed for the sample")
     inspect.set_defaults(handler=_inspect)
+
+    promote = commands.add_parser(
+        "promote", help="move the registry's @champion alias to a better model (gated)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare a candidate model version (default: the one the `register` stage\n"
+        "aliased @challenger) with the current @champion side by side, and move @champion only\n"
+        "if the candidate passes the gate in params.yaml (`promote:`):\n"
+        "  - PrivateTest accuracy not lower (max_accuracy_drop),\n"
+        "  - no class's PrivateTest recall lower by more than max_class_recall_drop points,\n"
+        "  - CK+ and JAFFE accuracy not lower by more than max_cross_dataset_drop points;\n"
+        "the very first champion needs min_accuracy. Every decision and its reason is printed\n"
+        "and recorded as tags on the version.",
+        epilog="exit status: 0 promoted or already champion (or a dry run the gate passes), "
+        "3 refused by the gate, 1 error\n\n"
+        "examples:\n"
+        "  ferops promote --dry-run              what would happen, change nothing\n"
+        "  ferops promote                        promote @challenger if it passes\n"
+        "  ferops promote --version 3            promote (or roll back to) version 3, gated\n"
+        "  ferops promote --version 3 --force --reason \"rollback: v4 misbehaves on webcam\"\n"
+        "then load it anywhere with mlflow.pyfunc.load_model(\"models:/ferops-fer2013@champion\")",
+    )
+    promote.add_argument("--name", help="registered model (default: registry.name in params.yaml)")
+    promote.add_argument("--candidate", metavar="ALIAS",
+                         help="alias of the candidate version (default: registry.alias, `challenger`)")
+    promote.add_argument("--version", help="candidate version number instead of an alias")
+    promote.add_argument("--dry-run", action="store_true", help="show the comparison and decision only")
+    promote.add_argument("--force", action="store_true", help="promote even if the gate refuses")
+    promote.add_argument("--reason", help="why --force overrides the gate (required with --force)")
+    promote.add_argument("--params", default="params.yaml", help="params file with the gate thresholds")
+    promote.add_argument("--tracking-uri",
+                         help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI, else "
+                              "sqlite mlflow.db at the repository root)")
+    promote.set_defaults(handler=_promote)
+
+    predict = commands.add_parser(
+        "predict", help="find faces in photos, folders, videos or a webcam and classify their expressions",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Detect faces with OpenCV, crop them as in training and classify them in batches. "
+        "Inputs are image files, folders (walked recursively; files with image or video suffixes), "
+        "video files and, with --camera, a webcam. Results (per face: source, frame, box, expression, "
+        "all class probabilities) go to stdout as JSON, or to --output as JSON or CSV; --annotate "
+        "writes copies with boxes and labels drawn. Unreadable files are reported and skipped.",
+        epilog="exit status: 0 all inputs processed, 4 some inputs failed (the rest were processed), "
+        "1 error\n\n"
+        "examples:\n"
+        "  ferops predict photo.jpg                          JSON to stdout, champion model\n"
+        "  ferops predict photos/ -o faces.csv --annotate annotated/\n"
+        "  ferops predict clip.mp4 --every 5 -o clip.json --annotate out/   (writes out/clip.mp4)\n"
+        "  ferops predict --camera 0                         live window (q or Esc quits)\n"
+        "  ferops predict --camera 0 --headless --max-frames 300 -o webcam.json\n"
+        "  ferops predict photo.jpg --model models/model.keras\n"
+        "  ferops predict photo.jpg --model model.onnx        ONNX Runtime\n"
+        "  ferops predict photo.jpg --model models:/ferops-fer2013@challenger",
+    )
+    predict.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
+                         help="image or video files, folders")
+    predict.add_argument("--camera", type=int, metavar="INDEX", help="also read this webcam (0 = first)")
+    predict.add_argument("-o", "--output", type=Path,
+                         help="write results here (.json or .csv; default: JSON to stdout)")
+    predict.add_argument("--format", choices=("json", "csv"), help="output format (default: from --output)")
+    predict.add_argument("--annotate", type=Path, metavar="DIR",
+                         help="write annotated images (and an MP4 per video) into this folder")
+    predict.add_argument("--every", type=int, default=1, metavar="N",
+                         help="videos: classify one frame in N (default every frame)")
+    predict.add_argument("--max-frames", type=int, metavar="N", help="videos and webcam: stop after N frames")
+    predict.add_argument("--headless", action="store_true",
+                         help="webcam without a window (automatic when there is no display)")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_model_arguments(predict)
+    _add_detector_arguments(predict)
+    predict.set_defaults(handler=_predict)
+
+    serve = commands.add_parser(
+        "serve", help="run the HTTP service: POST /predict, GET /health and a web page at /",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Load the model once and serve it over HTTP. POST /predict takes a multipart "
+        "image upload (field 'file') and returns each face's box, expression and probabilities as "
+        "JSON; GET /health says which model is loaded; GET / is a web page to try a photo or the "
+        "webcam. Binds 127.0.0.1 (this machine only) unless --host says otherwise.",
+        epilog="examples:\n"
+        "  ferops serve                                       champion model on http://127.0.0.1:8000/\n"
+        "  ferops serve --model model.onnx --port 8080\n"
+        "  curl -F file=@photo.jpg http://127.0.0.1:8000/predict",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0,
+                       help="largest accepted image in MiB; larger uploads get 413 (default 10)")
+    _add_model_arguments(serve)
+    _add_detector_arguments(serve)
+    serve.set_defaults(handler=_serve)
+
+    export = commands.add_parser(
+        "export", help="export the model to ONNX (for ONNX Runtime)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert a Keras model (the champion by default) to an ONNX file with a dynamic "
+        "batch dimension (input 'pixels', float32 (n, 48, 48, 1) raw 0..255; output (n, 7) "
+        "probabilities), then check that ONNX Runtime gives the same probabilities as Keras.",
+        epilog="examples:\n"
+        "  ferops export --format onnx -o model.onnx\n"
+        "  ferops export --model models/model.keras -o models/model.onnx\n"
+        "  ferops predict photo.jpg --model models/model.onnx",
+    )
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="output format (onnx)")
+    export.add_argument("-o", "--output", type=Path, default=Path("model.onnx"),
+                        help="the file to write (default model.onnx)")
+    export.add_argument("--opset", type=int, help="ONNX opset (default: the converter's)")
+    export.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip the Keras vs ONNX Runtime comparison")
+    export.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest accepted probability difference when verifying (default 1e-4)")
+    _add_model_arguments(export)
+    export.set_defaults(handler=_export)
     return parser
 
 
@@ -115,8 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(args.verbose)
     try:
-        args.handler(args)
+        status = args.handler(args)
     except FeropsError as error:
         logger.error("%s", error)
         return 1
-    return 0
+    return status or 0

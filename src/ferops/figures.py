@@ -185,3 +185,96 @@ def training_curves(history: Mapping[str, Sequence[float]], path: str | os.PathL
     figure.tight_layout()
     save_figure(figure, path)
     return figure
+
+
+def confusion_matrix_figure(matrix: np.ndarray, classes: Sequence[str], path: str | os.PathLike[str], *,
+                            title: str = "", rows: Sequence[int] | None = None) -> None:
+    """Save a row-normalised confusion matrix (each true class sums to 1) with counts.
+
+    Args:
+        matrix: Counts, rows = true class, columns = predicted class.
+        classes: Class names.
+        path: Destination PNG.
+        title: Figure title.
+        rows: True classes to show (default: those with at least one example).
+    """
+    matrix = np.asarray(matrix, dtype=float)
+    rows = [i for i in range(len(classes)) if matrix[i].sum() > 0] if rows is None else list(rows)
+    totals = matrix[rows].sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix[rows], totals, out=np.zeros_like(matrix[rows]), where=totals > 0)
+    figure, axis = plt.subplots(figsize=(1.0 + 0.75 * len(classes), 0.9 + 0.6 * len(rows)))
+    axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    for r, row in enumerate(rows):
+        for column in range(len(classes)):
+            value = normalised[r, column]
+            axis.text(column, r, f"{value:.2f}\n({int(matrix[row, column])})", ha="center", va="center",
+                      fontsize=6, color="white" if value > 0.5 else "black")
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    axis.set_yticks(range(len(rows)), [f"{classes[i]} ({int(totals[r, 0])})" for r, i in enumerate(rows)],
+                    fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true (images)")
+    if title:
+        axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def reliability_figure(panels: Mapping[str, Mapping], path: str | os.PathLike[str], *,
+                       title: str = "") -> None:
+    """Save reliability diagrams, one panel per dataset: accuracy vs confidence per bin, with ECE.
+
+    Args:
+        panels: Panel title to the output of :func:`ferops.evaluation.calibration`.
+        path: Destination PNG.
+        title: Figure title.
+    """
+    count = max(1, len(panels))
+    figure, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.4), squeeze=False)
+    for axis, (name, data) in zip(axes.flat, panels.items(), strict=False):
+        bins = [b for b in data["bins"] if b["count"]]
+        lower = np.array([b["lower"] for b in bins])
+        width = np.array([b["upper"] - b["lower"] for b in bins])
+        axis.bar(lower, [b["accuracy"] for b in bins], width=width, align="edge", edgecolor="black",
+                 linewidth=0.5, label="accuracy")
+        axis.bar(lower, [b["confidence"] - b["accuracy"] for b in bins], bottom=[b["accuracy"] for b in bins],
+                 width=width, align="edge", color="red", alpha=0.3, label="gap to confidence")
+        axis.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("confidence")
+        axis.set_title(f"{name}\nECE {data['ece']:.3f}", fontsize=9)
+        axis.legend(fontsize=6, loc="upper left")
+    axes.flat[0].set_ylabel("accuracy")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def heatmap_grid(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str],
+                 path: str | os.PathLike[str], *, columns: int = 8, title: str = "") -> None:
+    """Save grayscale images with a heatmap (e.g. Grad-CAM, values 0..1) laid over each.
+
+    Args:
+        images: (n, h, w) uint8 images.
+        heatmaps: (n, h, w) values in 0..1.
+        titles: One caption per image.
+        path: Destination PNG.
+        columns: Images per row.
+        title: Figure title.
+    """
+    count = len(images)
+    columns = max(1, min(columns, count)) if count else 1
+    rows = max(1, math.ceil(count / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.4 * columns, 1.55 * rows + 0.4), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.set_axis_off()
+        if index < count:
+            axis.imshow(images[index], cmap="gray", vmin=0, vmax=255)
+            axis.imshow(heatmaps[index], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+            axis.set_title(titles[index], fontsize=6)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    save_figure(figure, path)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ferops.errors import DataError
 from ferops.io import write_json
 
 logger = logging.getLogger(__name__)
@@ -126,3 +127,35 @@ def write_receipt(path: Path, run_id: str, experiment_id: str, uri: str, model_u
     """Write the receipt later stages read to find (and add to) this pipeline run."""
     write_json(path, {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": uri,
                       "model_uri": model_uri})
+
+
+def read_receipt(path: Path) -> dict[str, Any]:
+    """Read the train stage's receipt (run id, tracking URI, model URI).
+
+    Raises:
+        DataError: The receipt is missing, not JSON, or lacks a field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: MLflow run receipt not found; the train stage writes it "
+                        "(run `dvc repro train` first)")
+    try:
+        receipt = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not a JSON receipt ({error})") from error
+    missing = [key for key in ("run_id", "tracking_uri", "model_uri") if not receipt.get(key)]
+    if missing:
+        raise DataError(f"{path}: receipt lacks {', '.join(missing)}")
+    return receipt
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten nested numeric metrics to MLflow names (``private_test.accuracy``), skipping non-numbers."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, f"{name}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+            flat[name] = float(value)
+    return flat

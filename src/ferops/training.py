@@ -22,7 +22,9 @@ from ferops.models import ARCHITECTURES, Augmentation, build_model
 logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "plateau", "constant")
+SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
+# onecycle: the warm-up starts at this fraction of the peak learning rate.
+ONECYCLE_START = 0.04
 CLASS_WEIGHTS = ("none", "balanced")
 TARGETS = ("hard", "soft")
 
@@ -37,9 +39,14 @@ class TrainConfig:
         batch_size: Images per step (per replica count is handled by the strategy).
         lr: Peak learning rate.
         optimizer: ``adam``, ``adamw`` or ``sgd`` (SGD uses Nesterov momentum).
-        weight_decay: Decoupled weight decay (adamw) / L2-like decay (sgd, adam via Keras).
+        weight_decay: Decoupled weight decay (Keras ``weight_decay``: each step subtracts
+            ``lr * weight_decay * w`` from every decayed weight).
+        decay_norm_and_bias: Decay BatchNorm scales/offsets and biases too (False: only kernels,
+            the usual choice for SGD recipes: decaying BatchNorm scales only fights the
+            normalisation).
         momentum: SGD momentum.
-        schedule: ``cosine`` (with warm-up), ``constant`` (with warm-up) or ``plateau``
+        schedule: ``cosine`` (with warm-up), ``onecycle`` (linear warm-up from 4 % of ``lr``,
+            then linear decay to 0 at the last step), ``constant`` (with warm-up) or ``plateau``
             (halve the LR when validation accuracy stalls; no warm-up).
         warmup_epochs: Linear warm-up length in epochs (fractions allowed).
         label_smoothing: Cross-entropy label smoothing.
@@ -59,6 +66,7 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
+    decay_norm_and_bias: bool = True
     momentum: float = 0.9
     schedule: str = "cosine"
     warmup_epochs: float = 1.0
@@ -111,6 +119,8 @@ class TrainConfig:
              self.epochs)
         need(_number(self.weight_decay) and self.weight_decay >= 0, "train.weight_decay",
              "a number >= 0", self.weight_decay)
+        need(isinstance(self.decay_norm_and_bias, bool), "train.decay_norm_and_bias", "true or false",
+             self.decay_norm_and_bias)
         need(_number(self.momentum) and 0 <= self.momentum < 1, "train.momentum", "a number in [0, 1)",
              self.momentum)
         need(_number(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
@@ -141,6 +151,8 @@ class TrainResult:
         epochs_run: Epochs actually run (early stopping or the time budget may cut the run).
         seconds: Wall time of ``fit`` (training and validation passes).
         images_per_second: Training images processed per second of wall time.
+        cpu_seconds: CPU time of this process during ``fit`` (all threads). On a shared machine,
+            divided by the number of cores it estimates the wall time the run would take alone.
     """
 
     model: Any
@@ -149,6 +161,7 @@ class TrainResult:
     epochs_run: int
     seconds: float
     images_per_second: float
+    cpu_seconds: float = math.nan
 
     @property
     def best_val_accuracy(self) -> float:
@@ -202,12 +215,30 @@ def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, *, tr
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def one_cycle_rate(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Learning rate of the ``onecycle`` schedule at a 0-based optimizer step.
+
+    Linear warm-up from ``ONECYCLE_START * peak`` to ``peak`` over ``warmup_steps``, then a linear
+    decay that reaches 0 at ``total_steps``: the schedule of fast fixed-budget training recipes,
+    where the whole run is one annealing cycle.
+    """
+    if step < warmup_steps:
+        return peak * (ONECYCLE_START + (1 - ONECYCLE_START) * step / warmup_steps)
+    return peak * max(0.0, 1 - (step - warmup_steps) / max(1, total_steps - warmup_steps))
+
+
 def learning_rate(config: TrainConfig, steps_per_epoch: int) -> Any:
-    """The learning rate (a schedule for cosine/constant with warm-up; a float for plateau)."""
+    """The learning rate (a schedule for cosine/constant with warm-up; a float for plateau).
+
+    For ``onecycle`` this is the first step's rate; :func:`_one_cycle_callback` sets each step's.
+    """
     import keras
 
     if config.schedule == "plateau":
         return config.lr
+    if config.schedule == "onecycle":
+        return one_cycle_rate(0, config.epochs * steps_per_epoch,
+                              int(round(config.warmup_epochs * steps_per_epoch)), config.lr)
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     total = config.epochs * steps_per_epoch
     # CosineDecay with alpha=1 stays flat after the warm-up: the "constant" schedule.
@@ -227,11 +258,16 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> Any:
 
     rate = learning_rate(config, steps_per_epoch)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True,
-                                    weight_decay=config.weight_decay or None)
-    return keras.optimizers.Adam(rate, weight_decay=config.weight_decay or None)
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    elif config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True,
+                                         weight_decay=config.weight_decay or None)
+    else:
+        optimizer = keras.optimizers.Adam(rate, weight_decay=config.weight_decay or None)
+    if not config.decay_norm_and_bias and config.weight_decay:
+        # Keras variable names: BatchNorm "gamma"/"beta", layer "bias" (kernels stay decayed).
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
 
 
 def balanced_class_weight(label: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -271,6 +307,30 @@ def _epoch_callback(on_epoch: Callable[[int, dict[str, float]], None] | None,
                 on_epoch(epoch + 1, rows[-1])
 
     return EpochReport()
+
+
+def _one_cycle_callback(config: TrainConfig, steps_per_epoch: int) -> Any:
+    import keras
+
+    total = config.epochs * steps_per_epoch
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+
+    class OneCycle(keras.callbacks.Callback):
+        """Sets the ``onecycle`` rate before every step.
+
+        A callback rather than a ``LearningRateSchedule`` subclass: a custom schedule would be
+        saved in the ``.keras`` file's optimizer config and the file would then not load without
+        this module.
+        """
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+            step = self.epoch * steps_per_epoch + batch
+            self.model.optimizer.learning_rate = one_cycle_rate(step, total, warmup, config.lr)
+
+    return OneCycle()
 
 
 def _time_budget_callback(max_minutes: float, start: float) -> Any:
@@ -338,12 +398,15 @@ def train(
         )
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, float]] = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     callbacks = [
         keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_accuracy", mode="max",
                                         save_best_only=True),
         _epoch_callback(on_epoch, rows, steps * config.batch_size),
     ]
+    if config.schedule == "onecycle":
+        # Before the epoch report so that the reported rate is the last one used.
+        callbacks.insert(0, _one_cycle_callback(config, steps))
     if config.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max",
                                                            factor=0.5, patience=3, min_lr=config.lr / 100))
@@ -359,10 +422,11 @@ def train(
     # shuffle=False: the tf.data pipeline already reshuffles every epoch.
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
               class_weight=class_weight, shuffle=False, verbose=0)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     history = {key: [row[key] for row in rows] for key in rows[0]}
     epochs_run = len(history["val_accuracy"])
     best_epoch = int(np.argmax(history["val_accuracy"])) + 1
     best = keras.saving.load_model(checkpoint)
     return TrainResult(model=best, history=history, best_epoch=best_epoch, epochs_run=epochs_run,
-                       seconds=seconds, images_per_second=epochs_run * steps * config.batch_size / seconds)
+                       seconds=seconds, images_per_second=epochs_run * steps * config.batch_size / seconds,
+                       cpu_seconds=cpu_seconds)

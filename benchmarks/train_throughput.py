@@ -1,0 +1,127 @@
+"""Training images/s of the default net: this project's input pipeline vs a seed-style ImageDataGenerator.
+
+Both sides train the same architecture (``model.arch`` of params.yaml) under the same dtype policy
+(``train.mixed_precision``) with the same optimizer settings, on the real prepared Training split:
+
+1. ferops: ``ferops.training.make_dataset`` (tf.data over uint8 arrays, cast per batch) feeding
+   ``model.fit``, with the ``train.augment`` augmentation inside the model (as ``dvc repro`` trains);
+2. seed style: the classic Keras 2 ``ImageDataGenerator(rotation_range, width_shift_range,
+   height_shift_range, zoom_range, horizontal_flip).flow(x, y, batch_size)`` feeding ``model.fit``,
+   with the same augmentation strengths and no augmentation layers in the model.
+
+Keras 3 has no ImageDataGenerator: the real one comes from ``tf-keras`` (``pip install
+tf-keras==2.21.0``, matching TensorFlow 2.21). Throughput is measured over ``--steps`` steps after
+``--warmup`` steps (tracing, oneDNN kernel selection). Also printed: the generator alone, and
+"CPU-equivalent" images/s (images / (process CPU seconds / cores)), which shows what an otherwise
+idle machine would do when the CPU is shared. Target: ferops >= 3x the seed style.
+
+Usage: python benchmarks/train_throughput.py [--train data/prepared/train.npz] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ferops.hardware import configure
+from ferops.io import load_arrays
+from ferops.models import build_model
+from ferops.training import TrainConfig, make_dataset, make_optimizer, targets_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def measure(run: Callable[[int], None], warmup: int, steps: int, batch_size: int) -> tuple[float, float]:
+    """Images/s of ``run(steps)``: by wall time, and by process CPU time / cores."""
+    run(warmup)
+    wall, cpu = time.perf_counter(), time.process_time()
+    run(steps)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    images = steps * batch_size
+    return images / wall, images / (cpu / (os.cpu_count() or 1))
+
+
+def compiled(config: TrainConfig, augmented: bool, steps_per_epoch: int) -> object:
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config.arch, 7, 48, config.augment if augmented else None, config.seed)
+    model.compile(optimizer=make_optimizer(config, steps_per_epoch),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--train", default=str(ROOT / "data/prepared/train.npz"))
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per side")
+    parser.add_argument("--warmup", type=int, default=6, help="untimed steps first")
+    args = parser.parse_args()
+
+    params = yaml.safe_load(Path(args.params).read_text())
+    config = TrainConfig.from_params(params["model"], params["train"], int(params["base"]["seed"]))
+    hardware = configure(config.mixed_precision)
+    arrays = load_arrays(args.train)
+    images, targets = arrays["images"], targets_for(arrays, "hard", 7, "training data")
+    batch, steps_per_epoch = config.batch_size, len(images) // config.batch_size
+    print(f"net {config.arch}, precision {hardware.precision}, batch {batch}, {len(images)} Training "
+          f"images from {args.train}, {os.cpu_count()} CPU cores; {args.steps} timed steps per side")
+
+    # 1. This project's pipeline.
+    model = compiled(config, augmented=True, steps_per_epoch=steps_per_epoch)
+    dataset = make_dataset(images, targets, batch, training=True, seed=config.seed).repeat()
+
+    def fit_ferops(steps: int) -> None:
+        model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+
+    ours = measure(fit_ferops, args.warmup, args.steps, batch)
+
+    # 2. Seed style: Keras 2 ImageDataGenerator, same augmentation strengths.
+    from tf_keras.preprocessing.image import ImageDataGenerator
+
+    augment = config.augment
+    generator = ImageDataGenerator(rotation_range=augment.rotation * 360,
+                                   width_shift_range=augment.translation,
+                                   height_shift_range=augment.translation, zoom_range=augment.zoom,
+                                   horizontal_flip=augment.flip, fill_mode="reflect")
+    flow = generator.flow(images[..., None].astype(np.float32), targets, batch_size=batch,
+                          seed=config.seed)
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        # Keras 3's fit takes Python generators, not Keras 2 Sequence objects.
+        while True:
+            yield next(flow)
+
+    seed_model = compiled(config, augmented=False, steps_per_epoch=steps_per_epoch)
+    seed_batches = batches()
+
+    def fit_seed(steps: int) -> None:
+        seed_model.fit(seed_batches, epochs=1, steps_per_epoch=steps, verbose=0)
+
+    theirs = measure(fit_seed, args.warmup, args.steps, batch)
+
+    def generate_only(steps: int) -> None:
+        for _ in range(steps):
+            next(flow)
+
+    generator_alone = measure(generate_only, 2, args.steps, batch)
+
+    print(f"{'pipeline':<52} {'images/s (wall)':>16} {'images/s (CPU-eq.)':>19}")
+    for name, (wall, cpu) in (("ferops: tf.data + in-model augmentation, fit", ours),
+                              ("seed style: ImageDataGenerator.flow, fit", theirs),
+                              ("  (ImageDataGenerator alone, no training)", generator_alone)):
+        print(f"{name:<52} {wall:>16.1f} {cpu:>19.1f}")
+    print(f"ratio ferops / seed style: {ours[0] / theirs[0]:.2f}x wall, {ours[1] / theirs[1]:.2f}x CPU-eq. "
+          f"(target >= 3x)")
+
+
+if __name__ == "__main__":
+    main()

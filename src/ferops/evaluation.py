@@ -1,0 +1,386 @@
+"""Evaluation: metrics, test-time augmentation, calibration, confident mistakes and Grad-CAM.
+
+Metric functions are pure (numpy in, plain numbers out) so they can be checked against
+hand-computed cases; the functions that run a model take it as an argument.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ferops.errors import DataError, ParamsError
+
+logger = logging.getLogger(__name__)
+
+TTA_MODES = ("none", "flip", "tencrop")
+# The coarse grouping often reported beside 7-class accuracy: valence of the expression.
+DEFAULT_GROUPS: dict[str, list[str]] = {
+    "positive": ["happy", "surprise"],
+    "neutral": ["neutral"],
+    "negative": ["angry", "disgust", "fear", "sad"],
+}
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """One labelled test set.
+
+    Attributes:
+        name: Key used in metric names (``private_test``, ``ckplus``, ...).
+        images: uint8 images, shape (n, size, size).
+        label: Class index per image (into the model's classes).
+        allowed: Class indices the dataset can contain; predictions are restricted to these
+            (argmax over the allowed classes) when ``mask_predictions`` is true.
+        mask_predictions: Restrict the argmax to ``allowed`` (CK+ has no neutral class).
+        description: What the set is, for reports.
+    """
+
+    name: str
+    images: np.ndarray
+    label: np.ndarray
+    allowed: tuple[int, ...]
+    mask_predictions: bool = False
+    description: str = ""
+
+
+def masked_argmax(probabilities: np.ndarray, allowed: Sequence[int]) -> np.ndarray:
+    """Argmax over the ``allowed`` classes only (e.g. the 6 classes CK+ has).
+
+    Args:
+        probabilities: (n, classes) scores.
+        allowed: Class indices that may be predicted.
+
+    Returns:
+        Predicted class index per row, always one of ``allowed``.
+    """
+    allowed = np.asarray(sorted(allowed), dtype=int)
+    if allowed.size == 0:
+        raise ValueError("masked_argmax: no allowed classes")
+    return allowed[np.argmax(np.asarray(probabilities)[:, allowed], axis=1)]
+
+
+def group_index(classes: Sequence[str], groups: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """Map each class index to the index of its group (groups must cover every class once)."""
+    lookup = {}
+    for position, members in enumerate(groups.values()):
+        for member in members:
+            if member not in classes:
+                raise ParamsError(f"evaluate.groups: {member!r} is not a class ({', '.join(classes)})")
+            if member in lookup:
+                raise ParamsError(f"evaluate.groups: {member!r} is in more than one group")
+            lookup[member] = position
+    missing = [name for name in classes if name not in lookup]
+    if missing:
+        raise ParamsError(f"evaluate.groups: classes in no group: {', '.join(missing)}")
+    return np.asarray([lookup[name] for name in classes], dtype=int)
+
+
+def group_accuracy(y_true: np.ndarray, y_pred: np.ndarray, mapping: np.ndarray) -> float:
+    """Accuracy after mapping classes to groups (a fear/sad confusion counts as right)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.size == 0:
+        return float("nan")
+    return float(np.mean(mapping[y_true] == mapping[y_pred]))
+
+
+def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str],
+                          present: Sequence[int] | None = None) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-class precision/recall/F1/support.
+
+    Args:
+        y_true: True class indices.
+        y_pred: Predicted class indices.
+        classes: Class names (index -> name).
+        present: Classes the dataset can contain; macro-F1 averages over these (default: all).
+            CK+ has no neutral: averaging a class with no examples would only add a zero.
+
+    Returns:
+        ``{"accuracy", "macro_f1", "n", "per_class": {name: {precision, recall, f1, support}}}``.
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"labels {y_true.shape} and predictions {y_pred.shape} differ in shape")
+    if y_true.size == 0:
+        raise DataError("cannot evaluate an empty dataset")
+    indices = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=indices, zero_division=0)
+    averaged = list(present) if present is not None else indices
+    return {
+        "n": int(y_true.size),
+        "accuracy": float(np.mean(y_true == y_pred)),
+        "macro_f1": float(np.mean(f1[averaged])),
+        "per_class": {
+            classes[i]: {"precision": float(precision[i]), "recall": float(recall[i]),
+                         "f1": float(f1[i]), "support": int(support[i])}
+            for i in indices
+        },
+    }
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion counts: rows are true classes, columns predicted classes."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)), 1)
+    return matrix
+
+
+def calibration(probabilities: np.ndarray, y_true: np.ndarray, bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error and the reliability-diagram data (equal-width confidence bins).
+
+    ECE = sum over bins of (bin share of samples) x |accuracy in bin - mean confidence in bin|.
+
+    Args:
+        probabilities: (n, classes) predicted probabilities (rows sum to 1).
+        y_true: True class indices; the prediction is the row's argmax.
+        bins: Number of equal-width bins over [0, 1].
+
+    Returns:
+        ``{"ece", "bins": [{"lower", "upper", "count", "confidence", "accuracy"}]}``.
+    """
+    if bins < 1:
+        raise ParamsError(f"evaluate.calibration_bins must be at least 1, got {bins}")
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(y_true)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # Right-closed bins, with confidence 0 in the first bin.
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    total, ece, rows = len(confidence), 0.0, []
+    for index in range(bins):
+        members = which == index
+        count = int(members.sum())
+        row = {"lower": float(edges[index]), "upper": float(edges[index + 1]), "count": count,
+               "confidence": float(confidence[members].mean()) if count else None,
+               "accuracy": float(correct[members].mean()) if count else None}
+        if count:
+            ece += count / total * abs(row["accuracy"] - row["confidence"])
+        rows.append(row)
+    return {"ece": float(ece), "bins": rows}
+
+
+def confident_mistakes(probabilities: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
+                       per_class: int) -> dict[int, np.ndarray]:
+    """Row indices of the most confident wrong predictions, per true class (most confident first)."""
+    confidence = np.asarray(probabilities)[np.arange(len(y_pred)), y_pred]
+    picked = {}
+    for klass in np.unique(y_true):
+        rows = np.flatnonzero((y_true == klass) & (y_pred != klass))
+        order = np.argsort(-confidence[rows], kind="stable")
+        picked[int(klass)] = rows[order[:per_class]]
+    return picked
+
+
+def _as_model_input(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    return images.astype(np.float32)
+
+
+def ten_crops(images: np.ndarray, fraction: float = 0.9) -> list[np.ndarray]:
+    """The classic ten-crop views: 4 corners + centre, and their mirror images.
+
+    Each crop has ``fraction`` of the side and is resized back to the full side (the model's
+    input size).
+
+    Args:
+        images: (n, size, size[, 1]) pixels.
+        fraction: Side of a crop relative to the image.
+
+    Returns:
+        Ten float32 arrays shaped like the model input.
+    """
+    import cv2
+
+    batch = _as_model_input(images)[..., 0]
+    size = batch.shape[1]
+    crop = max(1, round(size * fraction))
+    offsets = [(0, 0), (0, size - crop), (size - crop, 0), (size - crop, size - crop),
+               ((size - crop) // 2, (size - crop) // 2)]
+    views = []
+    for top, left in offsets:
+        cropped = batch[:, top:top + crop, left:left + crop]
+        resized = np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+                            for image in cropped])[..., None]
+        views.extend([resized, resized[:, :, ::-1]])
+    return views
+
+
+def predict_probabilities(model: Any, images: np.ndarray, *, tta: str = "none",
+                          batch_size: int = 256) -> np.ndarray:
+    """Class probabilities, optionally averaged over test-time augmented views.
+
+    Args:
+        model: A Keras model taking float32 pixels 0..255 of shape (n, size, size, 1).
+        images: (n, size, size) uint8 images.
+        tta: ``none``; ``flip`` (image + mirror image); ``tencrop`` (see :func:`ten_crops`).
+        batch_size: Prediction batch size.
+
+    Returns:
+        (n, classes) float64 probabilities.
+    """
+    if tta not in TTA_MODES:
+        raise ParamsError(f"evaluate.tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
+    batch = _as_model_input(images)
+    if tta == "none":
+        views = [batch]
+    elif tta == "flip":
+        views = [batch, batch[:, :, ::-1]]
+    else:
+        views = ten_crops(batch)
+    total = None
+    for view in views:
+        probabilities = np.asarray(model.predict(np.ascontiguousarray(view), batch_size=batch_size,
+                                                 verbose=0), dtype=np.float64)
+        total = probabilities if total is None else total + probabilities
+    return total / len(views)
+
+
+def dataset_metrics(probabilities: np.ndarray, dataset: EvaluationSet, classes: Sequence[str],
+                    groups: np.ndarray) -> dict[str, Any]:
+    """Every metric of one dataset from its predicted probabilities.
+
+    Returns:
+        The :func:`classification_report` plus ``group3_accuracy`` and, for masked datasets,
+        ``accuracy_unmasked`` (plain argmax over all classes).
+    """
+    label = np.asarray(dataset.label, dtype=int)
+    if dataset.mask_predictions:
+        predicted = masked_argmax(probabilities, dataset.allowed)
+    else:
+        predicted = np.argmax(probabilities, axis=1)
+    report = classification_report(label, predicted, classes, present=dataset.allowed)
+    report["group3_accuracy"] = group_accuracy(label, predicted, groups)
+    if dataset.mask_predictions:
+        report["accuracy_unmasked"] = float(np.mean(np.argmax(probabilities, axis=1) == label))
+    return report
+
+
+def last_feature_map_layer(model: Any) -> str:
+    """Name of the last layer with a spatial (4-D) output: where Grad-CAM looks.
+
+    Raises:
+        ValueError: The model has no such layer.
+    """
+    for layer in reversed(model.layers):
+        shape = getattr(layer, "output", None)
+        shape = getattr(shape, "shape", None)
+        if shape is not None and len(shape) == 4 and (shape[1] or 0) > 1 and layer.name != "pixels":
+            return layer.name
+    raise ValueError(f"model {model.name!r} has no layer with a spatial output for Grad-CAM")
+
+
+def grad_cam(model: Any, images: np.ndarray, class_index: np.ndarray,
+             layer_name: str | None = None) -> np.ndarray:
+    """Grad-CAM heatmaps (Selvaraju et al. 2017): where the network looks for a class.
+
+    The feature maps of ``layer_name`` are weighted by the spatial mean of the class score's
+    gradient, summed over channels, passed through ReLU and resized to the image.
+
+    Args:
+        model: A Functional Keras classifier.
+        images: (n, size, size) uint8 images.
+        class_index: The class to explain, per image.
+        layer_name: Layer to explain (default: :func:`last_feature_map_layer`).
+
+    Returns:
+        (n, size, size) heatmaps scaled to 0..1 per image.
+    """
+    import keras
+    import tensorflow as tf
+
+    name = layer_name or last_feature_map_layer(model)
+    probe = keras.Model(model.inputs, [model.get_layer(name).output, model.output])
+    batch = tf.convert_to_tensor(_as_model_input(images))
+    with tf.GradientTape() as tape:
+        features, probabilities = probe(batch, training=False)
+        score = tf.gather(probabilities, np.asarray(class_index, dtype=np.int32), batch_dims=1)
+    gradients = tape.gradient(score, features)
+    if gradients is None:
+        raise ValueError(f"no gradient flows from the class score to layer {name!r}")
+    # Mixed-precision models have bfloat16/float16 feature maps: combine them in float32.
+    features, gradients = tf.cast(features, tf.float32), tf.cast(gradients, tf.float32)
+    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
+    cam = tf.image.resize(cam, batch.shape[1:3], method="bilinear")[..., 0].numpy()
+    peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
+    return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+
+
+def _flagged(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Rows any data-quality rule of the prepare stage flags (the same rule as its ``clean_rows``)."""
+    flags = [arrays[f"flag_{rule}"] for rule in ("non_faces", "blank", "conflicting_duplicates", "leakage")
+             if f"flag_{rule}" in arrays]
+    if not flags:
+        raise DataError("the prepared test split has no flag_* arrays; rerun the prepare stage")
+    return np.logical_or.reduce(flags)
+
+
+def evaluation_sets(public_test: Mapping[str, np.ndarray], private_test: Mapping[str, np.ndarray],
+                    ckplus: Mapping[str, np.ndarray], jaffe: Mapping[str, np.ndarray],
+                    n_classes: int, ferplus: bool) -> list[EvaluationSet]:
+    """The test sets the evaluate stage reports, built from the prepared arrays.
+
+    FER2013 figures use the original labels (``label_fer2013``) whatever the training labels;
+    with ``ferplus`` the FER+ majority labels of the test splits are reported too (rows without
+    a FER+ label are left out). CK+ has no neutral and its contempt has no FER2013 class:
+    contempt images are left out and predictions are restricted to the six classes CK+ has.
+
+    Args:
+        public_test: Arrays of ``public_test.npz``.
+        private_test: Arrays of ``private_test.npz``.
+        ckplus: Arrays of ``ckplus.npz``.
+        jaffe: Arrays of ``jaffe.npz``.
+        n_classes: Number of model classes.
+        ferplus: Also report the FER+ labels.
+
+    Returns:
+        The sets, PrivateTest (the headline) first.
+    """
+    every = tuple(range(n_classes))
+    clean = ~_flagged(private_test)
+    sets = [
+        EvaluationSet("private_test", private_test["images"], private_test["label_fer2013"], every,
+                      description="FER2013 PrivateTest, original labels (the headline)"),
+        EvaluationSet("private_test_clean", private_test["images"][clean],
+                      private_test["label_fer2013"][clean], every,
+                      description="FER2013 PrivateTest without the rows prepare flagged "
+                                  "(duplicates of Training images, non-faces, blank), original labels"),
+        EvaluationSet("public_test", public_test["images"], public_test["label_fer2013"], every,
+                      description="FER2013 PublicTest (used for model selection), original labels"),
+    ]
+    if ferplus:
+        for name, split in (("private_test", private_test), ("public_test", public_test)):
+            rows = split["label_ferplus"] >= 0
+            sets.append(EvaluationSet(f"{name}_ferplus", split["images"][rows], split["label_ferplus"][rows],
+                                      every, description=f"FER2013 {name}, FER+ majority labels"))
+    known = ckplus["label"] < n_classes  # contempt (index 7) has no FER2013 class
+    present = tuple(sorted(int(i) for i in np.unique(ckplus["label"][known])))
+    sets.append(EvaluationSet("ckplus", ckplus["images"][known], ckplus["label"][known], present,
+                              mask_predictions=True,
+                              description="CK+48 zero-shot, contempt excluded; argmax over the "
+                                          f"{len(present)} classes CK+ has"))
+    sets.append(EvaluationSet("jaffe", jaffe["images"], jaffe["label"], every,
+                              description="JAFFE zero-shot, faces detected and cropped by prepare"))
+    for dataset in sets:
+        if len(dataset.label) == 0:
+            raise DataError(f"evaluation set {dataset.name} is empty")
+    return sets
+
+
+def sample_per_class(label: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Seeded random rows, up to ``per_class`` of each class present, in class order."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for klass in np.unique(label):
+        rows = np.flatnonzero(label == klass)
+        picked.extend(np.sort(rng.choice(rows, size=min(per_class, len(rows)), replace=False)))
+    return np.asarray(picked, dtype=int)

@@ -1,0 +1,111 @@
+"""Export a trained Keras model to ONNX, for ONNX Runtime in `ferops predict`/`ferops serve` or elsewhere.
+
+Keras 3's own ``model.export(path, format="onnx")`` (tf2onnx underneath) is used, with two
+adjustments. Models trained in mixed precision are rebuilt in float32 first (tf2onnx cannot map
+bfloat16). And the models carry their augmentation layers, whose default is ``training=True`` when
+a layer is called without a training flag, so exporting the model directly traces random flips
+and rotations (ops ONNX does not have: the file would not even load). The model is wrapped in a
+layer that calls it with ``training=False``, which traces the inference graph only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferops.errors import FeropsError
+from ferops.inference import INPUT_SIZE, float32_model
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "pixels"
+
+
+class ExportError(FeropsError):
+    """The model could not be converted to ONNX, or the converted model disagrees with Keras."""
+
+
+def _inference_wrapper(model: Any) -> Any:
+    import keras
+
+    class InferenceOnly(keras.Model):
+        """Calls the wrapped model in inference mode, so augmentation is not traced."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__(name="ferops_inference")
+            self.inner = inner
+
+        def call(self, pixels: Any) -> Any:
+            return self.inner(pixels, training=False)
+
+    wrapper = InferenceOnly(float32_model(model))
+    # Keras refuses to export a model that has never been called.
+    wrapper(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 1), np.float32))
+    return wrapper
+
+
+def export_onnx(model: Any, output: str | os.PathLike[str], opset: int | None = None) -> Path:
+    """Write a Keras model as an ONNX file with a dynamic batch dimension.
+
+    The file is written beside ``output`` under a temporary name and renamed into place, so a
+    failed export leaves no partial file.
+
+    A model trained in mixed precision is exported computing in float32 (see
+    :func:`ferops.inference.float32_model`).
+
+    Args:
+        model: A Keras 3 model taking float32 (n, 48, 48, 1) pixels.
+        output: The ``.onnx`` file to write.
+        opset: ONNX opset (None: the converter's default).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ExportError: tf2onnx is missing or the conversion failed.
+    """
+    import tensorflow as tf
+
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise ExportError(f"{output}: the ONNX output file must end in .onnx")
+    try:
+        import tf2onnx  # noqa: F401  (Keras imports it lazily; fail here with a clear message)
+    except ImportError as error:
+        raise ExportError("exporting to ONNX needs tf2onnx and onnx (pip install tf2onnx onnx)") from error
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.partial")
+    signature = [tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 1), tf.float32, name=INPUT_NAME)]
+    try:
+        _inference_wrapper(model).export(str(partial), format="onnx", verbose=False,
+                                         input_signature=signature, opset_version=opset)
+        os.replace(partial, output)
+    except Exception as error:  # tf2onnx raises many kinds; all mean "could not convert"
+        partial.unlink(missing_ok=True)
+        raise ExportError(f"{output}: ONNX conversion failed ({type(error).__name__}: {error})") from error
+    logger.info("wrote %s (%.1f kB)", output, output.stat().st_size / 1024)
+    return output
+
+
+def parity(keras_model: Any, onnx_path: str | os.PathLike[str], pixels: np.ndarray) -> float:
+    """Largest absolute difference between Keras and ONNX Runtime probabilities on ``pixels``.
+
+    Keras runs the model in float32, as ``ferops predict`` does (mixed-precision models included).
+
+    Args:
+        keras_model: The Keras model.
+        onnx_path: Its ONNX export.
+        pixels: float32 (n, 48, 48, 1) raw pixels.
+
+    Returns:
+        max |p_keras - p_onnx| over all faces and classes.
+    """
+    from ferops.inference import OnnxClassifier
+
+    expected = np.asarray(float32_model(keras_model)(np.asarray(pixels, np.float32), training=False))
+    actual = OnnxClassifier(onnx_path).predict(pixels)
+    return float(np.abs(expected - actual).max())

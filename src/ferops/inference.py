@@ -1,0 +1,323 @@
+"""Load a trained expression classifier from any form users have it in, and classify faces in batches.
+
+Every model takes what the train stage gives it: float32 pixels of shape (n, 48, 48, 1) in 0..255
+(rescaling and augmentation live inside the Keras model) and returns (n, 7) softmax
+probabilities in the order of ``base.classes``. :func:`load_classifier` accepts a registry
+reference (``models:/<name>@<alias>``, ``models:/<name>/<version>``), a logged-model or run URI
+(``models:/m-<id>``, ``runs:/<run id>/<path>``), a local MLflow model folder, or a ``.keras`` or
+``.onnx`` file; ``.onnx`` files run on ONNX Runtime, everything else on Keras.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferops.errors import FeropsError
+
+logger = logging.getLogger(__name__)
+
+# The order of params.yaml `base.classes`: the models' output columns.
+CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+DEFAULT_MODEL = "models:/ferops-fer2013@champion"
+DEFAULT_BATCH_SIZE = 64
+INPUT_SIZE = 48
+
+
+class ModelLoadError(FeropsError):
+    """A model reference cannot be resolved or the model it names cannot be loaded."""
+
+
+def preprocess(crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """Turn 48x48 uint8 face crops into the model input, exactly as the prepared arrays are fed.
+
+    Args:
+        crops: A sequence of (48, 48) (or (48, 48, 1)) uint8 crops, or an array (n, 48, 48[, 1]).
+
+    Returns:
+        float32 array (n, 48, 48, 1) of raw 0..255 pixels (the model rescales inside itself).
+
+    Raises:
+        ValueError: A crop has the wrong shape or dtype.
+    """
+    if len(crops) == 0:
+        return np.zeros((0, INPUT_SIZE, INPUT_SIZE, 1), np.float32)
+    batch = np.asarray(crops if isinstance(crops, np.ndarray) else np.stack(list(crops)))
+    if batch.dtype != np.uint8:
+        # Float crops could be 0..1 or 0..255: refusing is safer than a silently wrong scale.
+        raise ValueError(f"face crops must be uint8 pixels, got dtype {batch.dtype}")
+    if batch.ndim == 3:
+        batch = batch[..., None]
+    if batch.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 1):
+        raise ValueError(f"face crops must be {INPUT_SIZE}x{INPUT_SIZE} gray, got shape {batch.shape[1:]}")
+    return batch.astype(np.float32)
+
+
+class Classifier:
+    """A loaded expression model: float32 (n, 48, 48, 1) 0..255 pixels in, probabilities out.
+
+    Attributes:
+        source: What the user gave (file path or URI), for reports.
+        backend: ``"keras"`` or ``"onnxruntime"``.
+        classes: Class names, one per output column.
+        batch_size: Largest batch sent to the model at once.
+    """
+
+    backend = "none"
+
+    def __init__(self, source: str, classes: Sequence[str] = CLASSES,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        if batch_size < 1:
+            raise FeropsError(f"batch size must be >= 1, got {batch_size}")
+        self.source = source
+        self.classes = tuple(classes)
+        self.batch_size = int(batch_size)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Classify faces.
+
+        Args:
+            pixels: float32 (n, 48, 48, 1) raw pixels, as :func:`preprocess` returns.
+
+        Returns:
+            float32 (n, len(classes)) probabilities; (0, len(classes)) for no faces.
+        """
+        pixels = np.asarray(pixels, dtype=np.float32)
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        parts = [self._run(pixels[start:start + self.batch_size])
+                 for start in range(0, len(pixels), self.batch_size)]
+        probabilities = np.concatenate(parts).astype(np.float32, copy=False)
+        if probabilities.shape != (len(pixels), len(self.classes)):
+            raise FeropsError(f"{self.source}: the model returned shape {probabilities.shape}, "
+                              f"expected ({len(pixels)}, {len(self.classes)}) class probabilities")
+        return probabilities
+
+    def classify(self, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Preprocess 48x48 uint8 crops and classify them; returns (n, classes) probabilities."""
+        return self.predict(preprocess(crops))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(source={self.source!r}, classes={len(self.classes)})"
+
+
+class KerasClassifier(Classifier):
+    """A Keras 3 model, called directly in inference mode (no augmentation)."""
+
+    backend = "keras"
+
+    def __init__(self, model: Any, source: str, classes: Sequence[str] = CLASSES,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        super().__init__(source, classes, batch_size)
+        _check_signature(source, model.inputs[0].shape if getattr(model, "inputs", None) else None,
+                         model.outputs[0].shape if getattr(model, "outputs", None) else None, len(classes))
+        self.model = float32_model(model)
+        self._call = self._compile(self.model)
+        # Keras models are shared between the HTTP server's worker threads: one call at a time.
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _compile(model: Any) -> Any:
+        # One traced graph for every batch size. Not model.predict (it builds a tf.data pipeline per
+        # call) nor eager model(x) (per-op Python dispatch): both cost more than the network itself
+        # for the few faces of a photo. Other Keras backends fall back to the eager call.
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            return lambda batch: model(batch, training=False)
+        import tensorflow as tf
+
+        signature = [tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 1), tf.float32)]
+        return tf.function(lambda batch: model(batch, training=False), input_signature=signature)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return np.asarray(self._call(batch))
+
+
+class OnnxClassifier(Classifier):
+    """An ONNX model (as written by ``ferops export``) run with ONNX Runtime on the CPU."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike[str], classes: Sequence[str] = CLASSES,
+                 batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None) -> None:
+        super().__init__(str(path), classes, batch_size)
+        try:
+            import onnxruntime as ort
+        except ImportError as error:
+            raise ModelLoadError(f"{path}: running an .onnx model needs onnxruntime "
+                                 "(pip install onnxruntime)") from error
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own untyped pybind errors
+            raise ModelLoadError(f"{path}: ONNX Runtime could not load this file as an ONNX model "
+                                 f"({error})") from error
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise ModelLoadError(f"{path}: expected an ONNX model with one input and one output, got "
+                                 f"{len(inputs)} inputs and {len(outputs)} outputs")
+        _check_signature(str(path), inputs[0].shape, outputs[0].shape, len(classes))
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        # InferenceSession.run is thread-safe, so no lock here.
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+
+def _check_signature(source: str, input_shape: Any, output_shape: Any, n_classes: int) -> None:
+    """Refuse models that do not take (n, 48, 48, 1) or do not return n_classes columns."""
+    def dims(shape: Any) -> list[int | None]:
+        return [d if isinstance(d, int) else None for d in list(shape)[1:]]
+
+    if input_shape is not None and dims(input_shape) != [INPUT_SIZE, INPUT_SIZE, 1]:
+        raise ModelLoadError(f"{source}: the model's input is {list(input_shape)}, expected "
+                             f"(batch, {INPUT_SIZE}, {INPUT_SIZE}, 1) grayscale pixels")
+    if output_shape is not None and dims(output_shape) != [n_classes]:
+        raise ModelLoadError(f"{source}: the model's output is {list(output_shape)}, expected "
+                             f"(batch, {n_classes}) probabilities for {n_classes} classes")
+
+
+def _float32_policies(value: Any) -> Any:
+    """A copy of a serialized Keras object with every mixed-precision dtype policy made float32."""
+    if isinstance(value, dict):
+        config = value.get("config")
+        if value.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(config, dict):
+            if str(config.get("name", "")).startswith("mixed_"):
+                return {**value, "config": {**value["config"], "name": "float32"}}
+        return {key: _float32_policies(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_float32_policies(item) for item in value]
+    if isinstance(value, str) and value in ("mixed_float16", "mixed_bfloat16"):
+        return "float32"
+    return value
+
+
+def float32_model(model: Any) -> Any:
+    """Return ``model`` computing in float32: a rebuilt copy if it was trained in mixed precision.
+
+    Models trained with ``train.mixed_precision`` (bfloat16 on CPUs with AMX, float16 on GPUs)
+    keep float32 weights but compute most layers in 16 bits. Inference here runs in float32 on
+    both backends: ONNX export needs a float32 graph (tf2onnx cannot map bfloat16), and Keras and
+    ONNX Runtime then give the same probabilities (to ~1e-6) instead of differing by 16-bit
+    rounding (~1e-2).
+
+    Args:
+        model: A Keras 3 model.
+
+    Returns:
+        The model itself when every layer is float32, else a float32 copy with the same weights.
+    """
+    import keras
+
+    policies = {getattr(layer.dtype_policy, "name", "float32") for layer in model._flatten_layers()}
+    if policies <= {"float32"}:
+        return model
+    serialized = _float32_policies(keras.saving.serialize_keras_object(model))
+    copy = keras.saving.deserialize_keras_object(serialized)
+    copy.set_weights(model.get_weights())
+    logger.info("model computes in %s: running it in float32", ", ".join(sorted(policies - {"float32"})))
+    return copy
+
+
+def _load_keras_file(path: Path) -> Any:
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises ValueError/OSError/zipfile errors for bad files
+        raise ModelLoadError(f"{path}: Keras could not load this file as a .keras model ({error})") from error
+
+
+def _load_mlflow(uri: str, tracking_uri: str | None) -> Any:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if tracking_uri and tracking_uri.startswith("sqlite:///"):
+        # Opening a missing SQLite store would create an empty mlflow.db wherever the command ran.
+        database = Path(tracking_uri[len("sqlite:///"):])
+        if not database.is_file():
+            raise ModelLoadError(f"{uri}: no MLflow store at {database} (run the pipeline first, pass "
+                                 "--tracking-uri or set MLFLOW_TRACKING_URI, or give a .keras/.onnx file)")
+    if tracking_uri:
+        # models:/NAME@alias is resolved in the registry, runs:/ in the tracking store: both live
+        # in the same store for this project.
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    where = f" in {tracking_uri}" if tracking_uri else ""
+    try:
+        return mlflow.keras.load_model(uri)
+    except MlflowException as error:
+        hint = ""
+        if uri.startswith("models:/") and "@" in uri:
+            name, alias = uri[len("models:/"):].split("@", 1)
+            hint = (f" (is there a registered model {name!r} with alias {alias!r}{where}? "
+                    "`ferops promote` sets @champion; pass --tracking-uri for another store)")
+        raise ModelLoadError(f"{uri}: MLflow could not resolve this model{where}: "
+                             f"{error.message if hasattr(error, 'message') else error}{hint}") from error
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{uri}: the model was found{where} but could not be loaded as a Keras "
+                             f"model ({error})") from error
+
+
+def load_classifier(
+    model: str | os.PathLike[str] = DEFAULT_MODEL,
+    *,
+    tracking_uri: str | None = None,
+    classes: Sequence[str] = CLASSES,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Classifier:
+    """Load a classifier from a registry reference, an MLflow URI, or a local model file.
+
+    Args:
+        model: ``models:/<name>@<alias>`` (default ``models:/ferops-fer2013@champion``),
+            ``models:/<name>/<version>``, ``models:/m-<id>``, ``runs:/<run id>/<path>``, a local
+            MLflow model folder (with an ``MLmodel`` file), or a ``.keras`` or ``.onnx`` file.
+        tracking_uri: MLflow tracking/registry store for ``models:/`` and ``runs:/`` URIs
+            (see :func:`ferops.tracking.tracking_uri`).
+        classes: Class names in output order.
+        batch_size: Largest batch per model call.
+
+    Returns:
+        A :class:`KerasClassifier` or, for ``.onnx`` files, an :class:`OnnxClassifier`.
+
+    Raises:
+        ModelLoadError: The reference is not one of the accepted forms, or the model is missing
+            or unloadable.
+    """
+    text = os.fspath(model)
+    if "://" in text or text.startswith(("models:/", "runs:/")):
+        if not text.startswith(("models:/", "runs:/", "mlflow-artifacts:/", "file:")):
+            raise ModelLoadError(f"{text}: unsupported model URI (expected models:/<name>@<alias>, "
+                                 "models:/<name>/<version>, models:/m-<id> or runs:/<run id>/<path>)")
+        logger.info("loading model %s%s", text, f" from {tracking_uri}" if tracking_uri else "")
+        return KerasClassifier(_load_mlflow(text, tracking_uri), text, classes, batch_size)
+    path = Path(text)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: model not found (expected a .keras or .onnx file, an MLflow "
+                             "model folder, or a models:/ or runs:/ URI)")
+    if path.is_dir():
+        if not (path / "MLmodel").is_file():
+            raise ModelLoadError(f"{path}: a folder, but not an MLflow model (no MLmodel file inside)")
+        return KerasClassifier(_load_mlflow(str(path.resolve()), None), text, classes, batch_size)
+    suffix = path.suffix.lower()
+    logger.info("loading model %s", path)
+    if suffix == ".onnx":
+        return OnnxClassifier(path, classes, batch_size)
+    if suffix == ".keras":
+        return KerasClassifier(_load_keras_file(path), text, classes, batch_size)
+    raise ModelLoadError(f"{path}: unsupported model file type {suffix or '(none)'!r} (expected .keras "
+                         "or .onnx)")

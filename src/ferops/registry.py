@@ -1,0 +1,315 @@
+"""The MLflow model registry: register evaluated models, and promote them through a gate.
+
+A model version carries its headline metrics as tags (``private_test.accuracy``,
+``private_test.recall.<class>``, ``ckplus.accuracy``, ...), so the promotion gate compares
+versions from the registry alone. Aliases decide what is live: the register stage points
+``challenger`` at the newest version; ``ferops promote`` moves ``champion``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ferops.errors import FeropsError, ParamsError
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+MODEL_URI_TAG = "ferops.model_uri"
+# Metrics the gate reads, and the cross-dataset ones among them.
+HEADLINE = "private_test.accuracy"
+CROSS_DATASET = {"ckplus.accuracy": "CK+ accuracy", "jaffe.accuracy": "JAFFE accuracy"}
+
+
+class RegistryError(FeropsError):
+    """A registered model, version or alias does not exist, or the registry refused a change."""
+
+
+def version_tags(metrics: Mapping[str, Any], private_test_report: Mapping[str, Any],
+                 run_tags: Mapping[str, str], data_md5: Mapping[str, str], model_uri: str) -> dict[str, str]:
+    """Tags for a new model version: headline metrics, per-class recall, code and data provenance.
+
+    Args:
+        metrics: ``reports/metrics.json`` of the evaluate stage.
+        private_test_report: The PrivateTest classification report (``plain`` of its details).
+        run_tags: Tags of the MLflow run (``git.commit``, ``git.dirty``, ``dvc.exp_name``).
+        data_md5: Input name to DVC md5 (from the train stage's report).
+        model_uri: The logged model's URI (the key that makes registration idempotent).
+
+    Returns:
+        Tag name to string value.
+    """
+    tags = {MODEL_URI_TAG: model_uri, "labels": "original FER2013 labels"}
+    for dataset in ("private_test", "private_test_clean", "public_test", "ckplus", "jaffe"):
+        for measure in ("accuracy", "macro_f1"):
+            value = metrics.get(dataset, {}).get(measure)
+            if value is not None:
+                tags[f"{dataset}.{measure}"] = repr(float(value))
+    for klass, values in private_test_report["per_class"].items():
+        if values["support"]:
+            tags[f"private_test.recall.{klass}"] = repr(float(values["recall"]))
+    for key in ("git.commit", "git.dirty", "dvc.exp_name"):
+        if run_tags.get(key):
+            tags[key] = run_tags[key]
+    for name, digest in data_md5.items():
+        tags[f"data.{name}.md5"] = digest
+    return tags
+
+
+def _client(tracking_uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _not_found(error: Exception) -> bool:
+    code = str(getattr(error, "error_code", ""))
+    return "RESOURCE_DOES_NOT_EXIST" in code or "not found" in str(error).lower()
+
+
+def register(tracking_uri: str, name: str, model_uri: str, tags: Mapping[str, str],
+             alias: str) -> tuple[Any, bool]:
+    """Register ``model_uri`` as a version of ``name`` (once) and point ``alias`` at it.
+
+    Registering the same logged model again (a forced rerun of the stage) returns the existing
+    version instead of creating another.
+
+    Returns:
+        The model version and whether it was created now.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if not _not_found(error):
+            raise
+        client.create_registered_model(name, description="ferops facial expression classifier "
+                                                          "(48x48 grayscale, 7 FER2013 classes)")
+        logger.info("created registered model %r", name)
+    existing = [version for version in client.search_model_versions(f"name = '{name}'")
+                if version.tags.get(MODEL_URI_TAG) == model_uri]
+    if existing:
+        version, created = existing[0], False
+        logger.info("model %s is already version %s of %r: not registering it again", model_uri,
+                    version.version, name)
+    else:
+        import mlflow
+
+        # register_model resolves a logged model (models:/m-...) through the process-wide URIs.
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        version, created = mlflow.register_model(model_uri, name, tags=dict(tags)), True
+        logger.info("registered %s as version %s of %r", model_uri, version.version, name)
+    client.set_registered_model_alias(name, alias, str(version.version))
+    logger.info("alias %r of %r -> version %s", alias, name, version.version)
+    return version, created
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Promotion thresholds, in percentage points (see ``promote`` in params.yaml)."""
+
+    min_accuracy: float = 50.0
+    max_accuracy_drop: float = 0.0
+    max_class_recall_drop: float = 5.0
+    max_cross_dataset_drop: float = 3.0
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any]) -> Gate:
+        """Build from the ``promote`` params section, rejecting unknown keys and bad values."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ParamsError(f"promote: unknown key(s) {', '.join(unknown)}; "
+                              f"expected {', '.join(sorted(known))}")
+        values = {}
+        for key, value in section.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ParamsError(f"promote.{key}: expected a number of percentage points >= 0, "
+                                  f"got {value!r}")
+            values[key] = float(value)
+        return cls(**values)
+
+
+@dataclass
+class Decision:
+    """The gate's verdict on a candidate, with the side-by-side rows it was based on."""
+
+    passed: bool
+    reasons: list[str]
+    rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        """One line: the verdict and why."""
+        return ("passed: " if self.passed else "refused: ") + "; ".join(self.reasons)
+
+
+def _metric(tags: Mapping[str, str], key: str, who: str) -> float:
+    if key not in tags:
+        raise RegistryError(f"{who} has no tag {key!r}; was it registered by the register stage?")
+    return float(tags[key])
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def decide(candidate: Mapping[str, str], champion: Mapping[str, str] | None, gate: Gate,
+           classes: Sequence[str]) -> Decision:
+    """Apply the promotion gate to two versions' metric tags.
+
+    Rules: with no champion, the candidate needs ``min_accuracy`` on PrivateTest. Otherwise its
+    PrivateTest accuracy may not be lower by more than ``max_accuracy_drop`` points, no class's
+    PrivateTest recall may be lower by more than ``max_class_recall_drop`` points, and CK+ and
+    JAFFE accuracy may not be lower by more than ``max_cross_dataset_drop`` points.
+
+    Args:
+        candidate: Tags of the candidate version.
+        champion: Tags of the current champion, or None when there is none.
+        gate: Thresholds.
+        classes: Class names (for the per-class recall rows).
+
+    Returns:
+        The decision with reasons and (metric, candidate, champion, change, rule) rows in percent.
+    """
+    accuracy = _metric(candidate, HEADLINE, "the candidate")
+    if champion is None:
+        passed = 100 * accuracy >= gate.min_accuracy
+        reason = (f"first champion: PrivateTest accuracy {100 * accuracy:.2f} % "
+                  f"{'>=' if passed else '<'} the minimum {gate.min_accuracy:.2f} %")
+        return Decision(passed, [reason], [(HEADLINE, _percent(accuracy), "-", "-",
+                                            f">= {gate.min_accuracy:.2f}")])
+    failures, rows = [], []
+
+    def check(key: str, allowed_drop: float, label: str, required: bool = True) -> None:
+        if key not in candidate and key not in champion and not required:
+            return
+        new = _metric(candidate, key, "the candidate")
+        old = _metric(champion, key, "the champion")
+        change = 100 * (new - old)
+        ok = change >= -allowed_drop - 1e-9
+        rows.append((key, _percent(new), _percent(old), f"{change:+.2f}",
+                     f"drop <= {allowed_drop:.2f} {'ok' if ok else 'FAIL'}"))
+        if not ok:
+            failures.append(f"{label} {100 * new:.2f} % vs {100 * old:.2f} % ({change:+.2f} points, "
+                            f"allowed drop {allowed_drop:.2f})")
+
+    check(HEADLINE, gate.max_accuracy_drop, "PrivateTest accuracy")
+    for klass in classes:
+        check(f"private_test.recall.{klass}", gate.max_class_recall_drop, f"{klass} recall", required=False)
+    for key, label in CROSS_DATASET.items():
+        check(key, gate.max_cross_dataset_drop, label)
+    if failures:
+        return Decision(False, failures, rows)
+    change = 100 * (accuracy - _metric(champion, HEADLINE, "the champion"))
+    return Decision(True, [f"every rule holds (PrivateTest accuracy {change:+.2f} points)"], rows)
+
+
+def format_table(decision: Decision, candidate: str, champion: str) -> str:
+    """The side-by-side comparison as a text table."""
+    from tabulate import tabulate
+
+    return tabulate(decision.rows, headers=["metric (%)", candidate, champion, "change", "rule"],
+                    tablefmt="github", disable_numparse=True)
+
+
+@dataclass
+class PromotionResult:
+    """What ``promote`` did."""
+
+    candidate: str
+    champion: str | None
+    decision: Decision
+    action: str  # promoted | refused | unchanged | dry-run
+    table: str
+
+
+def resolve_version(client: Any, name: str, version: str | None, alias: str) -> Any:
+    """The model version numbered ``version``, else the one ``alias`` points at, with clear errors."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        names = sorted(model.name for model in client.search_registered_models())
+        raise RegistryError(f"registered model {name!r} does not exist (registered models: "
+                            f"{', '.join(names) or 'none'}; the register stage creates it)") from error
+    try:
+        if version is not None:
+            return client.get_model_version(name, str(version))
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        what = f"version {version}" if version is not None else f"alias {alias!r}"
+        raise RegistryError(f"{name}: no {what}") from error
+
+
+def promote(tracking_uri: str, name: str, gate: Gate, classes: Sequence[str], *, candidate_alias: str,
+            version: str | None = None, dry_run: bool = False, force: bool = False,
+            reason: str | None = None, now: dt.datetime | None = None) -> PromotionResult:
+    """Move the ``champion`` alias to a candidate version if it passes the gate.
+
+    Args:
+        tracking_uri: MLflow tracking/registry URI.
+        name: Registered model name.
+        gate: Promotion thresholds.
+        classes: Class names.
+        candidate_alias: Alias naming the candidate when ``version`` is not given.
+        version: Candidate version number (promote it, or roll back to it).
+        dry_run: Decide and report, change nothing.
+        force: Promote even if the gate refuses; needs ``reason``.
+        reason: Why the gate is overridden (recorded as a tag).
+        now: Timestamp for the tags (default: now, UTC).
+
+    Returns:
+        What was decided and done.
+    """
+    if force and not (reason and reason.strip()):
+        raise ParamsError("--force needs --reason \"...\": an override must say why")
+    client = _client(tracking_uri)
+    candidate = resolve_version(client, name, version, candidate_alias)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion = None
+    champion_version = str(champion.version) if champion else None
+    label = f"v{candidate.version} (candidate)"
+    champion_label = f"v{champion.version} (champion)" if champion else "(no champion)"
+    if champion is not None and str(champion.version) == str(candidate.version):
+        decision = Decision(True, [f"version {candidate.version} is already the champion"])
+        return PromotionResult(str(candidate.version), str(champion.version), decision, "unchanged", "")
+    decision = decide(candidate.tags, champion.tags if champion else None, gate, classes)
+    table = format_table(decision, label, champion_label)
+    if dry_run:
+        return PromotionResult(str(candidate.version), champion_version, decision, "dry-run", table)
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    previous = str(champion.version) if champion else "none"
+    if decision.passed or force:
+        tags = {"promotion.decision": "promoted" if decision.passed else "forced",
+                "promotion.reason": decision.summary, "promotion.previous_champion": previous,
+                "promotion.time": stamp}
+        if force and not decision.passed:
+            tags["promotion.force_reason"] = reason.strip()
+        client.set_registered_model_alias(name, CHAMPION, str(candidate.version))
+        action = "promoted"
+    else:
+        tags = {"promotion.decision": "refused", "promotion.reason": decision.summary,
+                "promotion.champion_at_decision": previous, "promotion.time": stamp}
+        action = "refused"
+        # The same refusal again is not news: keep the first record instead of re-stamping it.
+        if (candidate.tags.get("promotion.decision") == "refused"
+                and candidate.tags.get("promotion.reason") == decision.summary
+                and candidate.tags.get("promotion.champion_at_decision") == previous):
+            tags = {}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(candidate.version), key, value)
+    return PromotionResult(str(candidate.version), champion_version, decision, action, table)
+

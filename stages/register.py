@@ -1,0 +1,76 @@
+"""DVC stage `register`: add the evaluated model to the MLflow model registry as the `challenger`.
+
+Usage: python stages/register.py --receipt reports/mlflow_run.json --metrics reports/metrics.json
+       --details reports/evaluate --train-report reports/train.json --out reports/registry.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ferops.errors import DataError
+from ferops.io import write_json
+from ferops.registry import register, version_tags
+from ferops.runtime import configure_logging, read_params, run_stage
+from ferops.tracking import read_receipt
+
+logger = logging.getLogger("ferops.stages.register")
+
+
+def read_json(path: Path, produced_by: str) -> dict[str, Any]:
+    """Read a JSON report of an earlier stage, naming that stage when the file is missing."""
+    if not path.is_file():
+        raise DataError(f"{path}: not found; the {produced_by} stage writes it "
+                        f"(run `dvc repro {produced_by}`)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from error
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--receipt", required=True, help="the train stage's MLflow receipt (JSON)")
+    parser.add_argument("--metrics", required=True, help="the evaluate stage's metrics (JSON)")
+    parser.add_argument("--details", required=True, help="the evaluate stage's per-dataset reports")
+    parser.add_argument("--train-report", required=True, help="the train stage's report (JSON)")
+    parser.add_argument("--out", required=True, help="registry receipt (JSON)")
+    args = parser.parse_args(argv)
+    configure_logging()
+
+    def body() -> None:
+        settings = read_params(args.params, "registry")["registry"]
+        receipt = read_receipt(Path(args.receipt))
+        metrics = read_json(Path(args.metrics), "evaluate")
+        private = read_json(Path(args.details) / "private_test.json", "evaluate")
+        train_report = read_json(Path(args.train_report), "train")
+        from mlflow import MlflowClient
+
+        run = MlflowClient(tracking_uri=receipt["tracking_uri"]).get_run(receipt["run_id"])
+        tags = version_tags(metrics, private["plain"], run.data.tags, train_report.get("data_md5", {}),
+                            receipt["model_uri"])
+        version, created = register(receipt["tracking_uri"], settings["name"], receipt["model_uri"], tags,
+                                    settings["alias"])
+        write_json(args.out, {
+            "name": settings["name"],
+            "version": int(version.version),
+            "alias": settings["alias"],
+            "model_uri": receipt["model_uri"],
+            "registry_uri": f"models:/{settings['name']}/{version.version}",
+            "run_id": receipt["run_id"],
+            "tracking_uri": receipt["tracking_uri"],
+            "private_test_accuracy": metrics["private_test"]["accuracy"],
+        })
+        logger.info("%s version %s of %r (alias %r); promote it with `ferops promote`",
+                    "registered" if created else "kept", version.version, settings["name"], settings["alias"])
+
+    return run_stage("register", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""`ferops export --format onnx`: the ONNX model gives Keras's probabilities on real faces."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import onnx
+
+from conftest import ckplus_faces
+from ferops.cli import main
+from ferops.export import INPUT_NAME, parity
+from ferops.inference import preprocess
+
+
+def test_onnx_parity_on_100_real_faces(onnx_model, usage_model, raw_dir):
+    model = keras.saving.load_model(usage_model, compile=False)
+    pixels = preprocess(ckplus_faces(raw_dir, 100))
+    difference = parity(model, onnx_model, pixels)
+    assert difference <= 1e-4, f"ONNX Runtime vs Keras: max abs difference {difference:.2e}"
+    # One face at a time too: the batch dimension is dynamic.
+    assert parity(model, onnx_model, pixels[:1]) <= 1e-4
+
+
+def test_exported_graph_is_inference_only(onnx_model):
+    graph = onnx.load(str(onnx_model)).graph
+    assert [i.name for i in graph.input] == [INPUT_NAME]
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [48, 48, 1] and not dims[0].dim_value  # batch is dynamic
+    # Augmentation (random flips/rotations) must not be in the exported graph.
+    ops = {node.op_type for node in graph.node}
+    assert not any("Random" in op for op in ops), ops
+
+
+def test_export_refuses_bad_requests(onnx_model, usage_model, tmp_path, caplog):
+    assert main(["export", "--model", str(onnx_model), "-o", str(tmp_path / "again.onnx")]) == 1
+    assert "already an ONNX model" in caplog.text
+    assert not (tmp_path / "again.onnx").exists()
+    assert main(["export", "--model", str(usage_model), "-o", str(tmp_path / "model.txt")]) == 1
+    assert "must end in .onnx" in caplog.text
+
+
+def test_export_from_the_registry(usage_registry, tmp_path, capsys):
+    uri, name = usage_registry
+    out = tmp_path / "champion.onnx"
+    assert main(["export", "--format", "onnx", "--model", f"models:/{name}@champion", "--tracking-uri", uri,
+                 "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert out.stat().st_size > 10_000
+    assert not list(tmp_path.glob(".*partial"))
+    np.testing.assert_equal(onnx.load(str(out)).graph.input[0].name, INPUT_NAME)
+
+
+def test_mixed_precision_model_exports_in_float32(tmp_path, raw_dir):
+    """Models trained with mixed_bfloat16 (CPUs with AMX) export and run in float32."""
+    from ferops.export import export_onnx
+    from ferops.inference import float32_model
+
+    layers = keras.layers
+    inputs = keras.Input((48, 48, 1), name="pixels")
+    x = layers.Rescaling(1 / 255, dtype="mixed_bfloat16")(inputs)
+    x = layers.Conv2D(8, 3, activation="relu", dtype="mixed_bfloat16")(x)
+    x = layers.GlobalAveragePooling2D(dtype="mixed_bfloat16")(x)
+    outputs = layers.Dense(7, activation="softmax", dtype="float32")(x)
+    model = keras.Model(inputs, outputs)
+    converted = float32_model(model)
+    assert {layer.dtype_policy.name for layer in converted.layers} == {"float32"}
+    assert float32_model(converted) is converted  # already float32: no copy
+    pixels = preprocess(ckplus_faces(raw_dir, 20))
+    path = export_onnx(model, tmp_path / "mixed.onnx")
+    assert parity(model, path, pixels) <= 1e-4
+    # The 16-bit original agrees with its float32 copy up to bfloat16 rounding only.
+    bf16 = np.asarray(model(pixels, training=False))
+    assert np.abs(bf16 - np.asarray(converted(pixels, training=False))).max() < 2e-2

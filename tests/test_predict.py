@@ -1,0 +1,238 @@
+"""`ferops predict` on real faces: photos with 1-3 faces, a folder with a corrupt file, video, webcam loop."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ckplus_faces, jaffe_paths, multi_face_canvas
+from ferops.cli import EXIT_SOME_FAILED, main
+from ferops.faces import FaceDetector
+from ferops.inference import CLASSES, load_classifier
+from ferops.predict import Predictor, annotate, csv_header, process_stream
+
+FACE_KEYS = {"source", "frame", "face", "box", "expression", "confidence", "probabilities"}
+
+
+@pytest.fixture(scope="module")
+def predictor(onnx_model):
+    # ONNX Runtime: fastest to load and run; Keras and the registry forms are covered below.
+    return Predictor(load_classifier(onnx_model), FaceDetector())
+
+
+def assert_on_tiles(boxes, tiles):
+    """Each box is centred in a different tile and covers a face-sized part of it."""
+    hit = set()
+    for box in boxes:
+        cx, cy = box.center
+        inside = [i for i, (x, y, w, h) in enumerate(tiles) if x <= cx < x + w and y <= cy < y + h]
+        assert len(inside) == 1, f"box {box} is not on a face tile {tiles}"
+        x, y, w, h = tiles[inside[0]]
+        assert 0.2 * w * h <= box.area <= 1.2 * w * h, f"box {box} is not face-sized for {tiles[inside[0]]}"
+        hit.add(inside[0])
+    assert len(hit) == len(tiles)
+
+
+def assert_face_record(record, classes=CLASSES):
+    assert set(record) == FACE_KEYS
+    assert set(record["box"]) == {"x", "y", "w", "h"}
+    assert list(record["probabilities"]) == list(classes)
+    assert abs(sum(record["probabilities"].values()) - 1) < 1e-4
+    assert record["expression"] == max(record["probabilities"], key=record["probabilities"].get)
+    assert record["confidence"] == record["probabilities"][record["expression"]]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_multi_face_photos(predictor, raw_dir, count):
+    for offset in (0, 50, 120):
+        canvas, tiles = multi_face_canvas(raw_dir, count, offset=offset)
+        photo = cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR)  # a colour photo, as cameras give
+        faces = predictor.predict(photo, source="canvas.png")
+        assert len(faces) == count, f"offset {offset}: found {len(faces)} faces, expected {count}"
+        assert_on_tiles([face.box for face in faces], tiles)
+        for face in faces:
+            assert_face_record(face.to_dict())
+
+
+def test_ckplus_faces_are_found(predictor, raw_dir):
+    for face in ckplus_faces(raw_dir, 12):
+        # CK+48 crops fill their frame: enlarge and add a border so there is a face to detect.
+        photo = cv2.copyMakeBorder(cv2.resize(face, (192, 192), interpolation=cv2.INTER_LINEAR),
+                                   48, 48, 48, 48, cv2.BORDER_REPLICATE)
+        found = predictor.predict(photo)
+        assert len(found) == 1
+        assert_on_tiles([found[0].box], [(48, 48, 192, 192)])
+
+
+def test_image_without_a_face_is_an_empty_result(predictor):
+    rng = np.random.default_rng(0)
+    assert predictor.predict(np.full((480, 640, 3), 128, np.uint8)) == []
+    assert predictor.predict(rng.integers(0, 256, (240, 320), dtype=np.uint8)) == []
+
+
+def make_folder(raw_dir, root):
+    """3 JAFFE photos (PNG/JPEG), a 2-face photo in a subfolder, a corrupt JPEG and a text file."""
+    root.mkdir()
+    paths = jaffe_paths(raw_dir)
+    for i, path in enumerate(paths[:3]):
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(root / f"face{i}.{'png' if i % 2 else 'jpg'}"), image)
+    (root / "sub").mkdir()
+    canvas, tiles = multi_face_canvas(raw_dir, 2, offset=70)
+    cv2.imwrite(str(root / "sub" / "two.png"), canvas)
+    good = (root / "face0.jpg").read_bytes()
+    (root / "corrupt.jpg").write_bytes(good[: len(good) // 3][:20] + b"\x00" * 200)
+    (root / "notes.txt").write_text("not an image, skipped by suffix")
+    return tiles
+
+
+def test_cli_folder_with_a_corrupt_file(raw_dir, onnx_model, tmp_path, caplog):
+    tiles = make_folder(raw_dir, tmp_path / "photos")
+    out, annotated = tmp_path / "out.json", tmp_path / "annotated"
+    status = main(["predict", str(tmp_path / "photos"), "--model", str(onnx_model), "-o", str(out),
+                   "--annotate", str(annotated)])
+    assert status == EXIT_SOME_FAILED
+    assert "corrupt.jpg: not an image OpenCV can decode" in caplog.text
+    document = json.loads(out.read_text())
+    assert document["backend"] == "onnxruntime" and document["classes"] == list(CLASSES)
+    by_name = {entry["source"].split("/")[-1]: entry for entry in document["inputs"]}
+    assert sorted(by_name) == ["corrupt.jpg", "face0.jpg", "face1.png", "face2.jpg", "two.png"]
+    assert document["failed"] == 1 and by_name["corrupt.jpg"]["error"]
+    assert [by_name[f"face{i}.{'png' if i % 2 else 'jpg'}"]["faces"] for i in range(3)] == [1, 1, 1]
+    assert by_name["two.png"]["faces"] == 2
+    assert len(document["faces"]) == 5
+    for record in document["faces"]:
+        assert_face_record(record)
+        assert record["frame"] is None
+    two = [r["box"] for r in document["faces"] if r["source"].endswith("two.png")]
+    assert all(any(t[0] <= b["x"] + b["w"] / 2 < t[0] + t[2] for t in tiles) for b in two)
+    # Annotated copies keep the folder structure and have coloured boxes on gray photos.
+    drawn = cv2.imread(str(annotated / "photos" / "sub" / "two.png"))
+    assert drawn is not None and drawn.shape == (480, 640, 3)
+    spread = drawn.max(axis=2).astype(int) - drawn.min(axis=2)
+    assert (spread > 60).sum() > 500
+    assert not (annotated / "photos" / "corrupt.jpg").exists()
+
+    # CSV: one row per face, every class a column.
+    csv_out = tmp_path / "out.csv"
+    assert main(["predict", str(tmp_path / "photos"), "--model", str(onnx_model), "-o", str(csv_out),
+                 "--no-progress"]) == EXIT_SOME_FAILED
+    rows = list(csv.DictReader(csv_out.open()))
+    assert list(rows[0]) == csv_header(CLASSES) and len(rows) == 5
+    assert all(abs(sum(float(row[name]) for name in CLASSES) - 1) < 1e-4 for row in rows)
+
+
+def write_video(raw_dir, path, frames=10):
+    """A short real video: one JAFFE face drifting across a 320x240 frame, 10 fps."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (320, 240))
+    assert writer.isOpened()
+    paths = jaffe_paths(raw_dir)
+    for i in range(frames):
+        face = cv2.resize(cv2.imread(str(paths[i]), cv2.IMREAD_GRAYSCALE), (160, 160))
+        frame = np.full((240, 320), 120, np.uint8)
+        frame[40:200, 20 + 10 * i:180 + 10 * i] = face
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    return [(20 + 10 * i, 40, 160, 160) for i in range(frames)]
+
+
+def test_cli_video(raw_dir, onnx_model, tmp_path):
+    tiles = write_video(raw_dir, tmp_path / "clip.mp4")
+    out, annotated = tmp_path / "clip.json", tmp_path / "annotated"
+    assert main(["predict", str(tmp_path / "clip.mp4"), "--model", str(onnx_model), "-o", str(out),
+                 "--annotate", str(annotated)]) == 0
+    document = json.loads(out.read_text())
+    assert document["inputs"][0]["kind"] == "video" and document["inputs"][0]["frames"] == 10
+    assert [face["frame"] for face in document["faces"]] == list(range(10))
+    for record in document["faces"]:
+        assert_face_record(record)
+        box = record["box"]
+        x, y, w, h = tiles[record["frame"]]
+        assert x <= box["x"] + box["w"] / 2 < x + w and y <= box["y"] + box["h"] / 2 < y + h
+    capture = cv2.VideoCapture(str(annotated / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 10
+    capture.release()
+
+    assert main(["predict", str(tmp_path / "clip.mp4"), "--model", str(onnx_model), "-o", str(out),
+                 "--every", "3"]) == 0
+    assert [face["frame"] for face in json.loads(out.read_text())["faces"]] == [0, 3, 6, 9]
+
+
+def test_live_loop_draws_fps_and_stops_when_asked(raw_dir, predictor, tmp_path):
+    """The webcam's frame loop (chunk 1, FPS overlay, window callback), fed from a real video."""
+    write_video(raw_dir, tmp_path / "clip.mp4")
+    capture = cv2.VideoCapture(str(tmp_path / "clip.mp4"))
+    shown = []
+
+    def show(frame):
+        shown.append(frame)
+        return len(shown) < 4  # the user presses q on the 4th frame
+
+    def frames():
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield frame
+
+    result = process_stream(frames(), predictor, "camera:0", "camera", chunk=1, show=show, fps_overlay=True,
+                            annotate_to=tmp_path / "live.mp4")
+    capture.release()
+    assert len(shown) == 4 and result.frames == 4 and len({f.frame for f in result.faces}) == 4
+    # The FPS text is drawn in green in the top-left corner.
+    corner = shown[-1][:40, :120].astype(int)
+    assert ((corner[..., 1] > 200) & (corner[..., 0] < 80) & (corner[..., 2] < 80)).sum() > 20
+    assert result.annotated and cv2.VideoCapture(result.annotated).isOpened()
+
+
+def test_camera_that_cannot_be_opened(onnx_model, caplog):
+    assert main(["predict", "--camera", "57", "--headless", "--model", str(onnx_model)]) == 1
+    assert "camera 57: could not be opened" in caplog.text
+
+
+def test_cli_model_forms(raw_dir, usage_model, onnx_model, usage_registry, trained_run, tmp_path):
+    uri, name = usage_registry
+    canvas, tiles = multi_face_canvas(raw_dir, 2, offset=30)
+    cv2.imwrite(str(tmp_path / "two.png"), canvas)
+    run_id = json.loads(trained_run.receipt.read_text())["run_id"]
+    results = {}
+    for form in (str(usage_model), str(onnx_model), f"models:/{name}@champion", f"runs:/{run_id}/model"):
+        out = tmp_path / "out.json"
+        assert main(["predict", str(tmp_path / "two.png"), "--model", form, "--tracking-uri", uri,
+                     "-o", str(out)]) == 0, form
+        document = json.loads(out.read_text())
+        assert document["model"] == form and len(document["faces"]) == 2
+        results[form] = np.array([list(f["probabilities"].values()) for f in document["faces"]])
+    reference = results[str(usage_model)]
+    for form, probabilities in results.items():
+        np.testing.assert_allclose(probabilities, reference, atol=1e-4, err_msg=form)
+
+
+def test_cli_clear_errors(onnx_model, usage_registry, tmp_path, caplog):
+    uri, name = usage_registry
+    assert main(["predict", str(tmp_path), "--model", f"models:/{name}@nosuchalias",
+                 "--tracking-uri", uri]) == 1
+    assert "alias 'nosuchalias'" in caplog.text
+    assert main(["predict", "--model", str(onnx_model)]) == 1
+    assert "nothing to do" in caplog.text
+    assert main(["predict", str(tmp_path / "missing.jpg"), "--model", str(onnx_model),
+                 "-o", str(tmp_path / "o.json")]) == EXIT_SOME_FAILED
+    error = json.loads((tmp_path / "o.json").read_text())["inputs"][0]["error"]
+    assert error.endswith("no such file or folder")
+
+
+def test_annotate_leaves_the_input_alone(predictor, raw_dir):
+    canvas, _ = multi_face_canvas(raw_dir, 1)
+    before = canvas.copy()
+    drawn = annotate(canvas, predictor.predict(canvas), CLASSES, fps=12.5)
+    np.testing.assert_array_equal(canvas, before)
+    assert drawn.shape == (480, 640, 3)
+    spread = drawn.max(axis=2).astype(int) - drawn.min(axis=2)
+    assert (spread > 60).sum() > 500  # a coloured box and label on the gray photo
+    corner = drawn[:40, :120].astype(int)
+    assert ((corner[..., 1] > 200) & (corner[..., 0] < 80) & (corner[..., 2] < 80)).sum() > 20  # FPS
+
