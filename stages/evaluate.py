@@ -40,6 +40,9 @@ from ferops.tracking import flatten_metrics, read_receipt
 logger = logging.getLogger("ferops.stages.evaluate")
 
 SPLITS = ("public_test", "private_test", "ckplus", "jaffe")
+# CK+ and JAFFE may not be redistributed: even a label-per-row file of them stays out of git
+# (their confusion matrices are in the figures and the per-dataset JSON reports).
+NO_LABEL_FILES = ("ckplus", "jaffe")
 # Datasets whose Grad-CAM sheet is drawn: the headline and the most different faces.
 GRAD_CAM_SETS = ("private_test", "jaffe")
 
@@ -172,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, detail in details.items():
                 write_json(details_dir / f"{name}.json", detail)
                 dataset, probabilities, predicted = outcomes[name]
-                write_confusion_csv(plots_dir / f"confusion_{name}.csv", dataset.label, predicted, classes)
+                if not name.startswith(NO_LABEL_FILES):
+                    write_confusion_csv(plots_dir / f"confusion_{name}.csv", dataset.label, predicted,
+                                        classes)
                 confusion_matrix_figure(
                     np.asarray(detail["confusion"]), classes, figures_dir / f"confusion_{name}.png",
                     title=f"{name}: accuracy {metrics[name]['accuracy']:.4f} "
