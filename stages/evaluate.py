@@ -30,6 +30,7 @@ from ferops.evaluation import (
     grad_cam,
     group_index,
     predict_probabilities,
+    restrict,
     sample_per_class,
 )
 from ferops.figures import confusion_matrix_figure, heatmap_grid, image_grid, reliability_figure
@@ -57,13 +58,6 @@ def load_model(path: Path) -> Any:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a corrupt or foreign file
         raise DataError(f"{path}: cannot load as a Keras model ({type(error).__name__}: {error})") from error
-
-
-def restrict(probabilities: np.ndarray, allowed: tuple[int, ...]) -> np.ndarray:
-    """Zero the classes a dataset cannot contain and renormalise (for calibration of masked sets)."""
-    kept = np.zeros_like(probabilities)
-    kept[:, allowed] = probabilities[:, allowed]
-    return kept / np.maximum(kept.sum(axis=1, keepdims=True), 1e-12)
 
 
 def write_confusion_csv(path: Path, label: np.ndarray, predicted: np.ndarray, classes: list[str]) -> None:
@@ -134,9 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = {}
         for dataset in datasets:
             logger.info("evaluating %s: %s images", dataset.name, f"{len(dataset.label):,}")
-            probabilities = predict_probabilities(model, dataset.images, batch_size=batch_size)
-            if dataset.mask_predictions:
-                probabilities = restrict(probabilities, dataset.allowed)
+            raw = predict_probabilities(model, dataset.images, batch_size=batch_size)
+            probabilities = restrict(raw, dataset.allowed) if dataset.mask_predictions else raw
             report = dataset_metrics(probabilities, dataset, classes, groups)
             predicted = np.argmax(probabilities, axis=1)
             calibrated = calibration(probabilities, dataset.label, bins)
@@ -147,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             detail = {"description": dataset.description, "plain": report, "calibration": calibrated,
                       "confusion": confusion(dataset.label, predicted, len(classes)).tolist()}
             if tta != "none":
-                augmented = predict_probabilities(model, dataset.images, tta=tta, batch_size=batch_size)
+                augmented = predict_probabilities(model, dataset.images, tta=tta, batch_size=batch_size,
+                                                  plain=raw)
                 if dataset.mask_predictions:
                     augmented = restrict(augmented, dataset.allowed)
                 tta_report = dataset_metrics(augmented, dataset, classes, groups)

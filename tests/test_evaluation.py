@@ -19,10 +19,19 @@ from ferops.evaluation import (
     group_index,
     masked_argmax,
     predict_probabilities,
+    restrict,
     ten_crops,
 )
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+def test_restrict_zeroes_missing_classes_and_renormalises():
+    probabilities = np.array([[0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.4], [0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5]])
+    kept = restrict(probabilities, range(6))
+    assert kept[:, 6].tolist() == [0.0, 0.0]
+    assert kept.sum(axis=1) == pytest.approx([1.0, 1.0])
+    assert kept[0, :6] == pytest.approx([1 / 6] * 6) and kept[1, 0] == pytest.approx(1.0)
 
 
 def test_masked_argmax_ignores_classes_the_dataset_lacks():
@@ -153,5 +162,10 @@ def test_flip_tta_averages_the_image_and_its_mirror():
     flipped = predict_probabilities(LeftBrightness(), images, tta="flip")
     assert plain[:, 0] == pytest.approx([left, left])
     assert flipped[:, 0] == pytest.approx([(left + right) / 2] * 2)
+    # Reusing the plain view's probabilities gives the same average without predicting it again.
+    reused = predict_probabilities(LeftBrightness(), images, tta="flip", plain=plain)
+    assert reused == pytest.approx(flipped)
+    with pytest.raises(ValueError, match="1 rows for 2 images"):
+        predict_probabilities(LeftBrightness(), images, tta="flip", plain=plain[:1])
     with pytest.raises(ParamsError, match="evaluate.tta"):
         predict_probabilities(LeftBrightness(), images, tta="mirror")

@@ -64,6 +64,25 @@ def masked_argmax(probabilities: np.ndarray, allowed: Sequence[int]) -> np.ndarr
     return allowed[np.argmax(np.asarray(probabilities)[:, allowed], axis=1)]
 
 
+def restrict(probabilities: np.ndarray, allowed: Sequence[int]) -> np.ndarray:
+    """Zero the classes a dataset cannot contain and renormalise each row.
+
+    Used for datasets without some classes (CK+ has no neutral), so their calibration is
+    measured on the probabilities the masked argmax actually chooses from.
+
+    Args:
+        probabilities: (n, classes) predicted probabilities.
+        allowed: Class indices the dataset can contain.
+
+    Returns:
+        (n, classes) probabilities, zero outside ``allowed``, rows summing to 1.
+    """
+    kept = np.zeros_like(probabilities)
+    index = list(allowed)
+    kept[:, index] = probabilities[:, index]
+    return kept / np.maximum(kept.sum(axis=1, keepdims=True), 1e-12)
+
+
 def group_index(classes: Sequence[str], groups: Mapping[str, Sequence[str]]) -> np.ndarray:
     """Map each class index to the index of its group (groups must cover every class once)."""
     lookup = {}
@@ -215,7 +234,7 @@ def ten_crops(images: np.ndarray, fraction: float = 0.9) -> list[np.ndarray]:
 
 
 def predict_probabilities(model: Any, images: np.ndarray, *, tta: str = "none",
-                          batch_size: int = 256) -> np.ndarray:
+                          batch_size: int = 256, plain: np.ndarray | None = None) -> np.ndarray:
     """Class probabilities, optionally averaged over test-time augmented views.
 
     Args:
@@ -223,6 +242,8 @@ def predict_probabilities(model: Any, images: np.ndarray, *, tta: str = "none",
         images: (n, size, size) uint8 images.
         tta: ``none``; ``flip`` (image + mirror image); ``tencrop`` (see :func:`ten_crops`).
         batch_size: Prediction batch size.
+        plain: The model's probabilities for the un-augmented images, when the caller already
+            has them; ``flip`` reuses them instead of predicting that view a second time.
 
     Returns:
         (n, classes) float64 probabilities.
@@ -237,11 +258,19 @@ def predict_probabilities(model: Any, images: np.ndarray, *, tta: str = "none",
     else:
         views = ten_crops(batch)
     total = None
+    if plain is not None and tta == "flip":
+        if plain.shape[0] != batch.shape[0]:
+            raise ValueError(f"plain probabilities have {plain.shape[0]} rows for {batch.shape[0]} images")
+        total = np.asarray(plain, dtype=np.float64)
+        views = views[1:]
+        divisor = 2
+    else:
+        divisor = len(views)
     for view in views:
         probabilities = np.asarray(model.predict(np.ascontiguousarray(view), batch_size=batch_size,
                                                  verbose=0), dtype=np.float64)
         total = probabilities if total is None else total + probabilities
-    return total / len(views)
+    return total / divisor
 
 
 def dataset_metrics(probabilities: np.ndarray, dataset: EvaluationSet, classes: Sequence[str],
