@@ -21,16 +21,13 @@ from ferops.errors import DataError
 from ferops.evaluation import (
     DEFAULT_GROUPS,
     TTA_MODES,
+    DatasetEvaluation,
     EvaluationSet,
-    calibration,
     confident_mistakes,
-    confusion,
-    dataset_metrics,
+    evaluate_dataset,
     evaluation_sets,
     grad_cam,
     group_index,
-    predict_probabilities,
-    restrict,
     sample_per_class,
 )
 from ferops.figures import confusion_matrix_figure, heatmap_grid, image_grid, reliability_figure
@@ -124,33 +121,13 @@ def main(argv: list[str] | None = None) -> int:
             "labels": "original FER2013 labels, except *_ferplus (FER+ majority labels)",
             "tta": tta,
         }
-        details: dict[str, dict[str, Any]] = {}
-        outcomes = {}
+        outcomes: dict[str, DatasetEvaluation] = {}
         for dataset in datasets:
             logger.info("evaluating %s: %s images", dataset.name, f"{len(dataset.label):,}")
-            raw = predict_probabilities(model, dataset.images, batch_size=batch_size)
-            probabilities = restrict(raw, dataset.allowed) if dataset.mask_predictions else raw
-            report = dataset_metrics(probabilities, dataset, classes, groups)
-            predicted = np.argmax(probabilities, axis=1)
-            calibrated = calibration(probabilities, dataset.label, bins)
-            summary = {key: report[key] for key in ("n", "accuracy", "macro_f1", "group3_accuracy")}
-            summary["ece"] = calibrated["ece"]
-            if "accuracy_unmasked" in report:
-                summary["accuracy_unmasked"] = report["accuracy_unmasked"]
-            detail = {"description": dataset.description, "plain": report, "calibration": calibrated,
-                      "confusion": confusion(dataset.label, predicted, len(classes)).tolist()}
-            if tta != "none":
-                augmented = predict_probabilities(model, dataset.images, tta=tta, batch_size=batch_size,
-                                                  plain=raw)
-                if dataset.mask_predictions:
-                    augmented = restrict(augmented, dataset.allowed)
-                tta_report = dataset_metrics(augmented, dataset, classes, groups)
-                summary[f"tta_{tta}"] = {key: tta_report[key]
-                                         for key in ("accuracy", "macro_f1", "group3_accuracy")}
-                detail[f"tta_{tta}"] = tta_report
-            metrics[dataset.name] = summary
-            details[dataset.name] = detail
-            outcomes[dataset.name] = (dataset, probabilities, predicted)
+            outcome = evaluate_dataset(model, dataset, classes, groups, tta=tta, batch_size=batch_size,
+                                       bins=bins)
+            summary = metrics[dataset.name] = outcome.summary
+            outcomes[dataset.name] = outcome
             extra = f", {tta} TTA accuracy {summary[f'tta_{tta}']['accuracy']:.4f}" if tta != "none" else ""
             logger.info("%s: accuracy %.4f, macro-F1 %.4f, 3-group %.4f, ECE %.3f%s", dataset.name,
                         summary["accuracy"], summary["macro_f1"], summary["group3_accuracy"], summary["ece"],
@@ -158,31 +135,30 @@ def main(argv: list[str] | None = None) -> int:
 
         per_class_metrics = {
             f"{name}.{measure}.{klass}": values[measure]
-            for name, detail in details.items()
-            for klass, values in detail["plain"]["per_class"].items() if values["support"]
+            for name, outcome in outcomes.items()
+            for klass, values in outcome.detail["plain"]["per_class"].items() if values["support"]
             for measure in ("precision", "recall", "f1")
         }
         with ExitStack() as stack:
             details_dir, plots_dir, figures_dir, galleries_dir = (
                 stack.enter_context(atomic_directory(path))
                 for path in (args.details, args.plots, args.figures, args.galleries))
-            for name, detail in details.items():
-                write_json(details_dir / f"{name}.json", detail)
-                dataset, probabilities, predicted = outcomes[name]
+            for name, outcome in outcomes.items():
+                write_json(details_dir / f"{name}.json", outcome.detail)
                 if not name.startswith(NO_LABEL_FILES):
-                    write_confusion_csv(plots_dir / f"confusion_{name}.csv", dataset.label, predicted,
-                                        classes)
+                    write_confusion_csv(plots_dir / f"confusion_{name}.csv", outcome.dataset.label,
+                                        outcome.predicted, classes)
                 confusion_matrix_figure(
-                    np.asarray(detail["confusion"]), classes, figures_dir / f"confusion_{name}.png",
+                    np.asarray(outcome.detail["confusion"]), classes, figures_dir / f"confusion_{name}.png",
                     title=f"{name}: accuracy {metrics[name]['accuracy']:.4f} "
                           f"(n={metrics[name]['n']:,}; rows sum to 1)")
-                mistakes_sheet(dataset, probabilities, predicted, classes,
+                mistakes_sheet(outcome.dataset, outcome.probabilities, outcome.predicted, classes,
                                int(settings["mistakes_per_class"]), galleries_dir / f"mistakes_{name}.png")
-            reliability_figure({name: details[name]["calibration"] for name in details},
+            reliability_figure({name: outcome.detail["calibration"] for name, outcome in outcomes.items()},
                                figures_dir / "reliability.png", title="Reliability (plain predictions)")
             per_class = int(settings["gradcam_per_class"])
             for name in GRAD_CAM_SETS:
-                dataset, probabilities, predicted = outcomes[name]
+                dataset, predicted = outcomes[name].dataset, outcomes[name].predicted
                 rows = sample_per_class(dataset.label, per_class, seed)
                 heatmaps = grad_cam(model, dataset.images[rows], predicted[rows])
                 titles = [f"{classes[dataset.label[r]]}>{classes[predicted[r]]}" for r in rows]

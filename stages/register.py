@@ -7,29 +7,15 @@ Usage: python stages/register.py --receipt reports/mlflow_run.json --metrics rep
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
-from ferops.errors import DataError
-from ferops.io import write_json
+from ferops.io import read_json, write_json
 from ferops.registry import register, version_tags
 from ferops.runtime import configure_logging, read_params, run_stage
 from ferops.tracking import read_receipt
 
 logger = logging.getLogger("ferops.stages.register")
-
-
-def read_json(path: Path, produced_by: str) -> dict[str, Any]:
-    """Read a JSON report of an earlier stage, naming that stage when the file is missing."""
-    if not path.is_file():
-        raise DataError(f"{path}: not found; the {produced_by} stage writes it "
-                        f"(run `dvc repro {produced_by}`)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error})") from error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         settings = read_params(args.params, "registry")["registry"]
         receipt = read_receipt(Path(args.receipt))
-        metrics = read_json(Path(args.metrics), "evaluate")
+        metrics = read_json(args.metrics, "evaluate")
         private = read_json(Path(args.details) / "private_test.json", "evaluate")
-        train_report = read_json(Path(args.train_report), "train")
+        train_report = read_json(args.train_report, "train")
         from mlflow import MlflowClient
 
         run = MlflowClient(tracking_uri=receipt["tracking_uri"]).get_run(receipt["run_id"])

@@ -61,3 +61,13 @@ def test_perceptual_near_duplicates_on_real_faces(raw_dir):
     assert not exact_twins_mask(find_duplicates(images), training, ~training).any()
     flagged = near_twins_mask(hashes, training, ~training, max_distance=4)
     assert flagged.tolist() == [True, False, False, False, False, False, True]
+
+
+def test_quality_rules_flag_a_row_when_any_rule_does():
+    from ferops.cleaning import QUALITY_RULES, flagged_by_quality_rules
+
+    flags = {rule: np.zeros(len(QUALITY_RULES) + 1, bool) for rule in QUALITY_RULES}
+    for row, rule in enumerate(QUALITY_RULES):
+        flags[rule][row] = True
+    flags["ferplus_unlabelled"] = np.ones(len(QUALITY_RULES) + 1, bool)  # not a quality rule
+    assert flagged_by_quality_rules(flags).tolist() == [True] * len(QUALITY_RULES) + [False]

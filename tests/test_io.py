@@ -49,3 +49,16 @@ def test_load_arrays_errors_name_the_file(tmp_path):
     (tmp_path / "bad.npz").write_text("not a zip")
     with pytest.raises(DataError, match="bad.npz: not a readable .npz"):
         load_arrays(tmp_path / "bad.npz")
+
+
+def test_read_json_names_the_file_and_the_stage_that_writes_it(tmp_path):
+    from ferops.errors import DataError
+    from ferops.io import read_json
+
+    with pytest.raises(DataError, match=r"metrics.json: report not found; .*`dvc repro evaluate`"):
+        read_json(tmp_path / "metrics.json", "evaluate")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="bad.json: not valid JSON"):
+        read_json(tmp_path / "bad.json", "evaluate")
+    write_json(tmp_path / "good.json", {"accuracy": 0.5})
+    assert read_json(tmp_path / "good.json", "evaluate") == {"accuracy": 0.5}

@@ -7,6 +7,7 @@ split a rule is applied to (by default only Training is cleaned; test rows are o
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,10 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 _HASH_CHUNK = 2048
+
+# The rules that make a test row "unclean" (FER+ labelling aside): the prepare report's
+# clean_rows count and the evaluate stage's clean PrivateTest both use them.
+QUALITY_RULES = ("non_faces", "blank", "conflicting_duplicates", "leakage")
 
 
 @dataclass(frozen=True)
@@ -157,3 +162,13 @@ def near_twins_mask(hashes: np.ndarray, in_a: np.ndarray, in_b: np.ndarray, max_
         flagged[chunk[close.any(axis=1)]] = True
         flagged[index_b[close.any(axis=0)]] = True
     return flagged
+
+
+def flagged_by_quality_rules(flags: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Rows any of :data:`QUALITY_RULES` flags.
+
+    Args:
+        flags: Rule name to a bool mask over the same rows (as ``ferops.prepare.flag_rows``
+            returns).
+    """
+    return np.logical_or.reduce([np.asarray(flags[rule], dtype=bool) for rule in QUALITY_RULES])

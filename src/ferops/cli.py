@@ -90,11 +90,9 @@ def _inspect(args: argparse.Namespace) -> None:
 def _promote(args: argparse.Namespace) -> int:
     from ferops.registry import Gate, promote
     from ferops.runtime import read_params
-    from ferops.tracking import find_project_root, tracking_uri
 
     sections = read_params(args.params, "base", "registry", "promote")
-    uri = args.tracking_uri or tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"),
-                                            find_project_root(Path(args.params).resolve().parent))
+    uri = _store_uri(args.tracking_uri, Path(args.params).resolve().parent)
     name = args.name or sections["registry"]["name"]
     result = promote(uri, name, Gate.from_params(sections["promote"]), list(sections["base"]["classes"]),
                      candidate_alias=args.candidate or sections["registry"]["alias"],
@@ -122,18 +120,23 @@ def _promote(args: argparse.Namespace) -> int:
 EXIT_SOME_FAILED = 4
 
 
-def _model_tracking_uri(args: argparse.Namespace) -> str | None:
-    """The MLflow store for models:/ and runs:/ references: flag, env, else the project's mlflow.db."""
+def _store_uri(flag: str | None, start: Path) -> str:
+    """The MLflow store: ``--tracking-uri``, else MLFLOW_TRACKING_URI, else the project's mlflow.db."""
     from ferops.tracking import find_project_root, tracking_uri
 
-    if not str(args.model).startswith(("models:/", "runs:/")):
-        return None
-    if args.tracking_uri:
-        return args.tracking_uri
-    start = Path.cwd().resolve()
+    if flag:
+        return flag
+    start = start.resolve()
     # The project root is the nearest folder up with params.yaml (the command may run in a subfolder).
     root = next((p for p in (start, *start.parents) if (p / "params.yaml").is_file()), start)
     return tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"), find_project_root(root))
+
+
+def _model_tracking_uri(args: argparse.Namespace) -> str | None:
+    """The MLflow store for models:/ and runs:/ references (None for a file)."""
+    if not str(args.model).startswith(("models:/", "runs:/")):
+        return None
+    return _store_uri(args.tracking_uri, Path.cwd())
 
 
 def _predictor(args: argparse.Namespace):  # -> ferops.predict.Predictor

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ferops.cleaning import QUALITY_RULES, flagged_by_quality_rules
 from ferops.errors import DataError, ParamsError
 
 logger = logging.getLogger(__name__)
@@ -293,6 +294,62 @@ def dataset_metrics(probabilities: np.ndarray, dataset: EvaluationSet, classes: 
     return report
 
 
+@dataclass(frozen=True)
+class DatasetEvaluation:
+    """What the evaluate stage reports about one dataset.
+
+    Attributes:
+        dataset: The evaluated set.
+        probabilities: Plain (no TTA) probabilities, restricted to the dataset's classes for
+            masked sets.
+        predicted: Predicted class per image (argmax of ``probabilities``).
+        summary: Headline figures (``reports/metrics.json``): n, accuracy, macro-F1, 3-group
+            accuracy, ECE, ``accuracy_unmasked`` for masked sets and ``tta_<mode>`` figures.
+        detail: The full per-dataset report: description, plain classification report,
+            calibration bins, confusion counts and the TTA report.
+    """
+
+    dataset: EvaluationSet
+    probabilities: np.ndarray
+    predicted: np.ndarray
+    summary: dict[str, Any]
+    detail: dict[str, Any]
+
+
+def evaluate_dataset(model: Any, dataset: EvaluationSet, classes: Sequence[str], groups: np.ndarray, *,
+                     tta: str = "none", batch_size: int = 256, bins: int = 15) -> DatasetEvaluation:
+    """Score ``model`` on one dataset: plain figures, and test-time-augmented ones beside them.
+
+    Args:
+        model: A Keras model taking float32 pixels 0..255 of shape (n, size, size, 1).
+        dataset: The set to evaluate.
+        classes: Class names, one per model output.
+        groups: Class-to-group mapping (see :func:`group_index`).
+        tta: Test-time augmentation reported beside the plain figures (see :data:`TTA_MODES`).
+        batch_size: Prediction batch size.
+        bins: Calibration bins.
+    """
+    raw = predict_probabilities(model, dataset.images, batch_size=batch_size)
+    probabilities = restrict(raw, dataset.allowed) if dataset.mask_predictions else raw
+    report = dataset_metrics(probabilities, dataset, classes, groups)
+    predicted = np.argmax(probabilities, axis=1)
+    calibrated = calibration(probabilities, dataset.label, bins)
+    summary = {key: report[key] for key in ("n", "accuracy", "macro_f1", "group3_accuracy")}
+    summary["ece"] = calibrated["ece"]
+    if "accuracy_unmasked" in report:
+        summary["accuracy_unmasked"] = report["accuracy_unmasked"]
+    detail = {"description": dataset.description, "plain": report, "calibration": calibrated,
+              "confusion": confusion(dataset.label, predicted, len(classes)).tolist()}
+    if tta != "none":
+        augmented = predict_probabilities(model, dataset.images, tta=tta, batch_size=batch_size, plain=raw)
+        if dataset.mask_predictions:
+            augmented = restrict(augmented, dataset.allowed)
+        tta_report = dataset_metrics(augmented, dataset, classes, groups)
+        summary[f"tta_{tta}"] = {key: tta_report[key] for key in ("accuracy", "macro_f1", "group3_accuracy")}
+        detail[f"tta_{tta}"] = tta_report
+    return DatasetEvaluation(dataset, probabilities, predicted, summary, detail)
+
+
 def last_feature_map_layer(model: Any) -> str:
     """Name of the last layer with a spatial (4-D) output: where Grad-CAM looks.
 
@@ -345,12 +402,11 @@ def grad_cam(model: Any, images: np.ndarray, class_index: np.ndarray,
 
 
 def _flagged(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Rows any data-quality rule of the prepare stage flags (the same rule as its ``clean_rows``)."""
-    flags = [arrays[f"flag_{rule}"] for rule in ("non_faces", "blank", "conflicting_duplicates", "leakage")
-             if f"flag_{rule}" in arrays]
-    if not flags:
-        raise DataError("the prepared test split has no flag_* arrays; rerun the prepare stage")
-    return np.logical_or.reduce(flags)
+    """Rows of a prepared test split that a data-quality rule of the prepare stage flags."""
+    missing = [rule for rule in QUALITY_RULES if f"flag_{rule}" not in arrays]
+    if missing:
+        raise DataError(f"the prepared test split has no flag_{missing[0]} array; rerun the prepare stage")
+    return flagged_by_quality_rules({rule: arrays[f"flag_{rule}"] for rule in QUALITY_RULES})
 
 
 def evaluation_sets(public_test: Mapping[str, np.ndarray], private_test: Mapping[str, np.ndarray],

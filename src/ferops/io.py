@@ -121,6 +121,27 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def read_json(path: str | os.PathLike[str], produced_by: str, what: str = "report") -> dict[str, Any]:
+    """Read a JSON file an earlier stage wrote.
+
+    Args:
+        path: The file.
+        produced_by: The stage that writes it (named in the error, with the command to run).
+        what: What the file is, for the error message.
+
+    Raises:
+        DataError: The file is missing or not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found; the {produced_by} stage writes it "
+                        f"(run `dvc repro {produced_by}`)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from error
+
+
 def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
     """Write ``data`` as indented JSON with sorted keys, atomically.
 

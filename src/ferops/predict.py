@@ -253,6 +253,15 @@ def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[InputSpec]:
     return specs
 
 
+def decode_image(data: bytes | np.ndarray) -> np.ndarray | None:
+    """Decode an encoded image (file bytes) to 8-bit BGR; None when OpenCV cannot decode it."""
+    buffer = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else data
+    if not buffer.size:
+        return None
+    # IMREAD_COLOR gives 8-bit BGR whatever the file holds (gray, alpha, 16-bit), like a camera frame.
+    return cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as an 8-bit BGR array.
 
@@ -264,8 +273,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
         raise FeropsError(f"{path}: cannot read the file ({error.strerror or error})") from error
-    # IMREAD_COLOR gives 8-bit BGR whatever the file holds (gray, alpha, 16-bit), like a camera frame.
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    image = decode_image(data)
     if image is None:
         raise FeropsError(f"{path}: not an image OpenCV can decode (expected JPEG, PNG, BMP, TIFF, "
                           "WebP or PNM)")

@@ -209,9 +209,7 @@ def prepare_fer2013(
         **{f"flag_{rule}": mask for rule, mask in flags.items()},
     }
     class_names = np.asarray(list(classes), dtype="U16")
-    # A test row is "clean" when no data-quality rule flags it (FER+ labelling aside).
-    flagged_any = (flags["non_faces"] | flags["blank"] | flags["conflicting_duplicates"]
-                   | flags["leakage"])
+    flagged_any = cleaning.flagged_by_quality_rules(flags)
     splits: dict[str, dict[str, np.ndarray]] = {}
     split_report: dict[str, Any] = {}
     for index, name in enumerate(USAGES):

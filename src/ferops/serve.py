@@ -13,14 +13,13 @@ import time
 from importlib import resources
 from typing import Any
 
-import cv2
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ferops.errors import FeropsError
-from ferops.predict import Predictor
+from ferops.predict import Predictor, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +89,6 @@ class BodyLimit:
                 await self._refuse(send)
 
 
-def _decode(data: bytes) -> np.ndarray | None:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    return image
-
-
 def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> BodyLimit:
     """Build the FastAPI app.
 
@@ -156,7 +150,7 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
         if not data:
             return error(400, "the uploaded file is empty")
         started = time.perf_counter()
-        image = await run_in_threadpool(_decode, data)
+        image = await run_in_threadpool(decode_image, data)
         if image is None:
             return error(415, f"{upload.filename or 'the upload'}: not an image OpenCV can decode "
                               "(send JPEG, PNG, BMP, TIFF or WebP)")

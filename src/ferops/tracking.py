@@ -12,14 +12,14 @@ import logging
 import os
 import subprocess
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ferops.errors import DataError
-from ferops.io import write_json
+from ferops.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +65,29 @@ def use_experiment(name: str, uri: str, root: Path) -> str:
     return experiment.experiment_id
 
 
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Flatten nested params to dotted keys (``train.lr``), values as strings MLflow accepts."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
+def _flatten(mapping: Mapping[str, Any], leaf: Callable[[Any], Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys (``train.lr``) for the leaves of nested mappings.
+
+    ``leaf`` converts each leaf value; a leaf it turns into None is left out.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(flatten_params(value, f"{name}."))
-        else:
-            text = json.dumps(value) if isinstance(value, list | tuple) else str(value)
-            flat[name] = text[:_MAX_PARAM_CHARS]
+            flat.update(_flatten(value, leaf, f"{name}."))
+        elif (converted := leaf(value)) is not None:
+            flat[name] = converted
     return flat
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return text[:_MAX_PARAM_CHARS]
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten nested params to dotted keys (``train.lr``), values as strings MLflow accepts."""
+    return _flatten(params, _param_value, prefix)
 
 
 def git_tags(directory: Path, environ: Mapping[str, str]) -> dict[str, str]:
@@ -135,27 +147,19 @@ def read_receipt(path: Path) -> dict[str, Any]:
     Raises:
         DataError: The receipt is missing, not JSON, or lacks a field.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: MLflow run receipt not found; the train stage writes it "
-                        "(run `dvc repro train` first)")
-    try:
-        receipt = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not a JSON receipt ({error})") from error
+    receipt = read_json(path, "train", what="MLflow run receipt")
     missing = [key for key in ("run_id", "tracking_uri", "model_uri") if not receipt.get(key)]
     if missing:
         raise DataError(f"{path}: receipt lacks {', '.join(missing)}")
     return receipt
 
 
+def _metric_value(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+        return float(value)
+    return None
+
+
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """Flatten nested numeric metrics to MLflow names (``private_test.accuracy``), skipping non-numbers."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_metrics(value, f"{name}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
-            flat[name] = float(value)
-    return flat
+    return _flatten(metrics, _metric_value, prefix)
