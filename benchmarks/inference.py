@@ -73,7 +73,8 @@ def main() -> int:
     from ferops.export import export_onnx
     from ferops.faces import FaceDetector
     from ferops.inference import load_classifier
-    from ferops.predict import Predictor, predict_video
+    from ferops.predict import predict_video
+    from ferops.predictor import Predictor
 
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

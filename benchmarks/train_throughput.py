@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ferops.config import BaseConfig, build
 from ferops.hardware import configure
 from ferops.io import load_arrays
-from ferops.models import build_model
+from ferops.models import ModelConfig, build_model
 from ferops.training import TrainConfig, make_dataset, make_optimizer, targets_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,11 +51,11 @@ def measure(run: Callable[[int], None], warmup: int, steps: int, batch_size: int
     return images / wall, images / (cpu / (os.cpu_count() or 1))
 
 
-def compiled(config: TrainConfig, augmented: bool, steps_per_epoch: int) -> object:
+def compiled(config: TrainConfig, arch: str, seed: int, augmented: bool, steps_per_epoch: int) -> object:
     import keras
 
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(config.arch, 7, 48, config.augment if augmented else None, config.seed)
+    keras.utils.set_random_seed(seed)
+    model = build_model(arch, 7, 48, config.augment if augmented else None, seed)
     model.compile(optimizer=make_optimizer(config, steps_per_epoch),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
@@ -73,17 +74,19 @@ def main() -> None:
     params = yaml.safe_load(Path(args.params).read_text())
     if args.arch:
         params["model"]["arch"] = args.arch
-    config = TrainConfig.from_params(params["model"], params["train"], int(params["base"]["seed"]))
+    config = build(TrainConfig, params["train"], "train")
+    arch = build(ModelConfig, params["model"], "model").arch
+    seed = build(BaseConfig, params["base"], "base").seed
     hardware = configure(config.mixed_precision)
     arrays = load_arrays(args.train)
     images, targets = arrays["images"], targets_for(arrays, "hard", 7, "training data")
     batch, steps_per_epoch = config.batch_size, len(images) // config.batch_size
-    print(f"net {config.arch}, precision {hardware.precision}, batch {batch}, {len(images)} Training "
+    print(f"net {arch}, precision {hardware.precision}, batch {batch}, {len(images)} Training "
           f"images from {args.train}, {os.cpu_count()} CPU cores; {args.steps} timed steps per side")
 
     # 1. This project's pipeline.
-    model = compiled(config, augmented=True, steps_per_epoch=steps_per_epoch)
-    dataset = make_dataset(images, targets, batch, training=True, seed=config.seed).repeat()
+    model = compiled(config, arch, seed, augmented=True, steps_per_epoch=steps_per_epoch)
+    dataset = make_dataset(images, targets, batch, training=True, seed=seed).repeat()
 
     def fit_ferops(steps: int) -> None:
         model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
@@ -99,14 +102,14 @@ def main() -> None:
                                    height_shift_range=augment.translation, zoom_range=augment.zoom,
                                    horizontal_flip=augment.flip, fill_mode="reflect")
     flow = generator.flow(images[..., None].astype(np.float32), targets, batch_size=batch,
-                          seed=config.seed)
+                          seed=seed)
 
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         # Keras 3's fit takes Python generators, not Keras 2 Sequence objects.
         while True:
             yield next(flow)
 
-    seed_model = compiled(config, augmented=False, steps_per_epoch=steps_per_epoch)
+    seed_model = compiled(config, arch, seed, augmented=False, steps_per_epoch=steps_per_epoch)
     seed_batches = batches()
 
     def fit_seed(steps: int) -> None:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
-from ferops.download import download_all, mirror_locations, parse_specs
-from ferops.io import atomic_directory, write_json
-from ferops.runtime import configure_logging, read_params, run_stage
+from ferops.download import DownloadConfig, download_all, mirror_locations
+from ferops.io import atomic_directory, scratch_directory, write_json
+from ferops.runtime import configure_logging, read_configs, run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,15 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
 
     def body() -> None:
-        params = read_params(args.params, "download")["download"]
-        specs = parse_specs(params["datasets"])
+        config = read_configs(args.params, download=DownloadConfig)["download"]
         root = Path(args.params).resolve().parent
-        locations = mirror_locations(os.environ.get("FEROPS_DATA_MIRROR"), params.get("mirror"), root)
-        out = Path(args.out)
-        with atomic_directory(out) as temp_out, tempfile.TemporaryDirectory(
-            prefix=".download-", dir=out.parent
-        ) as scratch:
-            report = download_all(specs, locations, temp_out, Path(scratch))
+        locations = mirror_locations(os.environ.get("FEROPS_DATA_MIRROR"), config.mirror, root)
+        with atomic_directory(args.out) as temp_out, scratch_directory(args.out) as scratch:
+            report = download_all(config.specs, locations, temp_out, scratch)
         write_json(args.report, report)
 
     return run_stage("download", body)

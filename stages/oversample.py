@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 
+from ferops.config import BaseConfig
 from ferops.figures import grouped_bars
 from ferops.io import load_arrays, save_arrays, write_json
-from ferops.oversample import oversample
-from ferops.runtime import configure_logging, read_params, run_stage
+from ferops.oversample import OversampleConfig, oversample
+from ferops.runtime import configure_logging, read_configs, run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,17 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
 
     def body() -> None:
-        sections = read_params(args.params, "base", "oversample")
-        base, params = sections["base"], sections["oversample"]
-        classes = list(base["classes"])
+        configs = read_configs(args.params, base=BaseConfig, oversample=OversampleConfig)
+        base, config = configs["base"], configs["oversample"]
+        classes = list(base.classes)
         arrays, report = oversample(
             load_arrays(args.train),
             classes=classes,
-            method=params["method"],
-            raise_classes=list(params["classes"]),
-            target_ratio=float(params["target_ratio"]),
-            seed=int(base["seed"]),
-            smote_k_neighbors=int(params["smote_k_neighbors"]),
+            method=config.method,
+            raise_classes=list(config.classes),
+            target_ratio=config.target_ratio,
+            seed=base.seed,
+            smote_k_neighbors=config.smote_k_neighbors,
         )
         grouped_bars(
             classes,

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from ferops.io import read_json, write_json
-from ferops.registry import register, version_tags
-from ferops.runtime import configure_logging, read_params, run_stage
-from ferops.tracking import read_receipt
+from ferops.registry import RegistryConfig, register, version_tags
+from ferops.runtime import configure_logging, read_configs, run_stage
+from ferops.tracking import find_project_root, read_receipt, receipt_store
 
 logger = logging.getLogger("ferops.stages.register")
 
@@ -30,30 +31,32 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
 
     def body() -> None:
-        settings = read_params(args.params, "registry")["registry"]
+        settings = read_configs(args.params, registry=RegistryConfig)["registry"]
         receipt = read_receipt(Path(args.receipt))
+        uri = receipt_store(receipt, Path(args.receipt), os.environ.get("MLFLOW_TRACKING_URI"),
+                            find_project_root(Path.cwd()))
         metrics = read_json(args.metrics, "evaluate")
         private = read_json(Path(args.details) / "private_test.json", "evaluate")
         train_report = read_json(args.train_report, "train")
         from mlflow import MlflowClient
 
-        run = MlflowClient(tracking_uri=receipt["tracking_uri"]).get_run(receipt["run_id"])
+        run = MlflowClient(tracking_uri=uri).get_run(receipt["run_id"])
         tags = version_tags(metrics, private["plain"], run.data.tags, train_report.get("data_md5", {}),
                             receipt["model_uri"])
-        version, created = register(receipt["tracking_uri"], settings["name"], receipt["model_uri"], tags,
-                                    settings["alias"])
+        version, created = register(uri, settings.name, receipt["model_uri"], tags, settings.alias)
         write_json(args.out, {
-            "name": settings["name"],
+            "name": settings.name,
             "version": int(version.version),
-            "alias": settings["alias"],
+            "alias": settings.alias,
             "model_uri": receipt["model_uri"],
-            "registry_uri": f"models:/{settings['name']}/{version.version}",
+            "registry_uri": f"models:/{settings.name}/{version.version}",
             "run_id": receipt["run_id"],
+            # null: the project's own mlflow.db (as in the train stage's receipt).
             "tracking_uri": receipt["tracking_uri"],
             "private_test_accuracy": metrics["private_test"]["accuracy"],
         })
         logger.info("%s version %s of %r (alias %r); promote it with `ferops promote`",
-                    "registered" if created else "kept", version.version, settings["name"], settings["alias"])
+                    "registered" if created else "kept", version.version, settings.name, settings.alias)
 
     return run_stage("register", body)
 

@@ -13,10 +13,11 @@ import argparse
 import logging
 from pathlib import Path
 
+from ferops.config import BaseConfig, build
 from ferops.errors import DataError
 from ferops.io import atomic_directory, write_json
 from ferops.runtime import configure_logging, read_params, run_stage
-from ferops.validate import ValidateConfig, summary_lines, validate_raw
+from ferops.validate import summary_lines, validate_config, validate_raw
 
 logger = logging.getLogger("ferops.stages.validate")
 
@@ -32,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         params = read_params(args.params, "validate", "base")
-        config = ValidateConfig.from_params(params["validate"], params["base"])
+        base = build(BaseConfig, params["base"], "base")
+        settings = validate_config(params["validate"], base.classes, base.image_size)
         # The docs are built in a temporary directory that replaces --docs only on success.
         with atomic_directory(args.docs) as temp_docs:
-            summary = validate_raw(Path(args.raw), config, temp_docs)
+            summary = validate_raw(Path(args.raw), settings, temp_docs)
             failures, warnings = summary_lines(summary)
             for line in warnings:
                 logger.warning("%s", line)

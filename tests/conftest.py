@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -68,13 +69,26 @@ def prepared_dir(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Pat
     return work / "prepared"
 
 
-def brief_params(directory: Path, *, model: str = "mini_xception", **train: object) -> Path:
-    """A copy of params.yaml with a brief training profile (only keys the train section has)."""
+# The one small training profile of the tests: one epoch of 64-image batches, no warm-up and no
+# time budget (a loaded CI machine must not cut a run short).
+SMALL_TRAINING = {"epochs": 1, "batch_size": 64, "warmup_fraction": 0.0, "max_minutes": None,
+                  "max_train_images": 1024}
+
+
+def small_params(**train: object) -> dict:
+    """params.yaml with the small training profile, then ``train`` overrides (known keys only)."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    changes = {**SMALL_TRAINING, **train}
+    unknown = set(changes) - set(params["train"])
+    assert not unknown, f"not train params: {unknown}"
+    params["train"].update(changes)
+    return params
+
+
+def brief_params(directory: Path, *, model: str = "mini_xception", **train: object) -> Path:
+    """A copy of params.yaml with the small training profile and ``model``."""
+    params = small_params(**train)
     params["model"]["arch"] = model
-    params["train"].update({key: value for key, value in train.items() if key in params["train"]})
-    if "max_minutes" in params["train"]:
-        params["train"]["max_minutes"] = None
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -92,10 +106,11 @@ class TrainedRun:
     report: Path
 
 
-def train_briefly(work: Path, prepared: Path, tracking_uri: str, **train: object) -> TrainedRun:
+def train_briefly(work: Path, prepared: Path, tracking_uri: str, *, env: dict[str, str] | None = None,
+                  model: str = "mini_xception", **train: object) -> TrainedRun:
     """Run the real train stage on a small profile; MLflow artifacts land in ``work``."""
     work.mkdir(parents=True, exist_ok=True)
-    params = brief_params(work, **train)
+    params = brief_params(work, model=model, **train)
     run = TrainedRun(work, params, tracking_uri, work / "model.keras", work / "mlflow_run.json",
                      work / "train.json")
     subprocess.run(
@@ -104,7 +119,7 @@ def train_briefly(work: Path, prepared: Path, tracking_uri: str, **train: object
          "--model", str(run.model), "--report", str(run.report),
          "--history", str(work / "history.csv"), "--figure", str(work / "curves.png"),
          "--receipt", str(run.receipt)],
-        check=True, cwd=work, env=dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri),
+        check=True, cwd=work, env={**os.environ, **(env or {}), "MLFLOW_TRACKING_URI": tracking_uri},
     )
     return run
 
@@ -120,18 +135,33 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, prepared_dir: Path,
                 registry_store: str) -> TrainedRun:
     """One brief real training (1 epoch on 1,000 images) tracked in ``registry_store``."""
     return train_briefly(tmp_path_factory.mktemp("trained"), prepared_dir, registry_store,
-                         epochs=1, max_train_images=1000, batch_size=64, warmup_epochs=0)
+                         max_train_images=1000)
+
+
+@contextlib.contextmanager
+def tracking_env(uri: str):
+    """MLFLOW_TRACKING_URI set to ``uri`` for a stage called in-process, as `dvc repro` would have it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MLFLOW_TRACKING_URI"]
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def run_evaluate(run: TrainedRun, prepared: Path, out: Path, *extra: str) -> int:
     """Run the evaluate stage in-process on a trained run; outputs under ``out``."""
     from stages import evaluate
 
-    return evaluate.main([
-        "--params", str(run.params), "--model", str(run.model), "--prepared", str(prepared),
-        "--receipt", str(run.receipt), "--metrics", str(out / "metrics.json"),
-        "--details", str(out / "evaluate"), "--plots", str(out / "plots"),
-        "--figures", str(out / "figures"), "--galleries", str(out / "galleries"), *extra])
+    with tracking_env(run.tracking_uri):
+        return evaluate.main([
+            "--params", str(run.params), "--model", str(run.model), "--prepared", str(prepared),
+            "--receipt", str(run.receipt), "--metrics", str(out / "metrics.json"),
+            "--details", str(out / "evaluate"), "--plots", str(out / "plots"),
+            "--figures", str(out / "figures"), "--galleries", str(out / "galleries"), *extra])
 
 
 @pytest.fixture(scope="session")
@@ -207,3 +237,214 @@ def usage_registry(trained_run: TrainedRun) -> tuple[str, str]:
     receipt = json.loads(trained_run.receipt.read_text())
     register(trained_run.tracking_uri, USAGE_MODEL_NAME, receipt["model_uri"], {}, CHAMPION)
     return trained_run.tracking_uri, USAGE_MODEL_NAME
+
+
+# --- The team setup (tests/test_team.py): PostgreSQL, an MLflow server with logins, a WebDAV remote -----
+# Each is a real server on 127.0.0.1, started once per test run and stopped (also after a failure).
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Wait for ``url`` to answer (any HTTP status), or fail with the server's log."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answers (401 from a server with logins)
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log.is_file() else ""
+            raise RuntimeError(f"{url} did not come up (exit status {process.poll()}):\n{tail}")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def background(command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
+    """A server process in its own process group, stopped (the whole group) on exit."""
+    import signal
+
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                   start_new_session=True)
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def _postgres_bin(name: str) -> str:
+    """A PostgreSQL server program: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    import shutil
+
+    found = shutil.which(name) or next(
+        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)), None)
+    if not found:
+        pytest.fail(f"PostgreSQL's {name} not found: install Debian's postgresql package (.ci/run does)")
+    return found
+
+
+@dataclass
+class Postgres:
+    port: int
+    password: str
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg2://postgres:{self.password}@127.0.0.1:{self.port}/{database}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server on a free loopback port, with a password (initdb + pg_ctl).
+
+    initdb and the server refuse to run as root: as root they run as the ``postgres`` user, in a
+    folder of their own (pytest's temporary folders are private to root).
+    """
+    import secrets
+    import shutil
+    import tempfile
+
+    import psycopg2
+
+    as_root = os.geteuid() == 0
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    home = Path(tempfile.mkdtemp(prefix="ferops-pg-"))
+    password = secrets.token_urlsafe(16)
+    server = Postgres(free_port(), password)
+    data, log = home / "data", home / "server.log"
+    try:
+        (home / "pw").write_text(password)
+        if as_root:
+            shutil.chown(home, "postgres", "postgres")
+            shutil.chown(home / "pw", "postgres", "postgres")
+        subprocess.run([*prefix, _postgres_bin("initdb"), "-D", str(data), "-U", "postgres",
+                        "--pwfile", str(home / "pw"), "--auth", "scram-sha-256", "-E", "UTF8",
+                        "--no-instructions"], check=True, capture_output=True, timeout=120)
+        subprocess.run([*prefix, _postgres_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
+                        "-o", f"-h 127.0.0.1 -p {server.port} -k {home}", "start"],
+                       check=True, capture_output=True, timeout=90)
+        try:
+            connection = psycopg2.connect(host="127.0.0.1", port=server.port, user="postgres",
+                                          password=password, dbname="postgres", connect_timeout=10)
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                # The tracking store and registry, and the login (user and permission) store.
+                cursor.execute("CREATE DATABASE mlflow")
+                cursor.execute("CREATE DATABASE mlflow_auth")
+            connection.close()
+            yield server
+        finally:
+            subprocess.run([*prefix, _postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                           capture_output=True, timeout=60)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@dataclass
+class TeamServer:
+    """The team's MLflow server: PostgreSQL stores, logins (basic-auth) and proxied artifacts."""
+
+    url: str
+    artifacts: Path
+    admin: tuple[str, str]
+    users: dict[str, str]  # name -> password: alice runs the pipeline, bob has no permission
+
+    def env(self, user: str | None = "alice", password: str | None = None) -> dict[str, str]:
+        """The environment of a client logged in as ``user`` (None: anonymous)."""
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("MLFLOW_TRACKING_", "MLFLOW_AUTH_"))}
+        env["MLFLOW_TRACKING_URI"] = self.url
+        if user:
+            env["MLFLOW_TRACKING_USERNAME"] = user
+            env["MLFLOW_TRACKING_PASSWORD"] = password or (self.admin[1] if user == self.admin[0]
+                                                           else self.users[user])
+        return env
+
+
+@pytest.fixture(scope="session")
+def team_server(tmp_path_factory: pytest.TempPathFactory, postgres_server: Postgres):
+    """``mlflow server --app-name basic-auth`` on PostgreSQL, artifacts proxied; users alice and bob.
+
+    The admin password and Flask's secret key come from the environment (here: generated).
+    """
+    import secrets
+
+    import requests
+
+    work = tmp_path_factory.mktemp("team-server")
+    config = work / "basic_auth.ini"
+    config.write_text("[mlflow]\ndefault_permission = READ\n"
+                      f"database_uri = {postgres_server.url('mlflow_auth')}\n"
+                      "admin_username = admin\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    admin = ("admin", secrets.token_urlsafe(16))
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_AUTH_ADMIN_PASSWORD=admin[1],
+               MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(32),
+               # No background job runners (seven Huey processes for GenAI jobs): nothing here uses them.
+               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "2", "--app-name", "basic-auth",
+               "--backend-store-uri", postgres_server.url("mlflow"),
+               "--artifacts-destination", str(work / "artifacts")]
+    url = f"http://127.0.0.1:{port}"
+    with background(command, work / "server.log", env=env, cwd=work) as process:
+        wait_until_up(f"{url}/health", process, work / "server.log", timeout=240)
+        users = {"alice": secrets.token_urlsafe(12), "bob": secrets.token_urlsafe(12)}
+        for name, password in users.items():
+            response = requests.post(f"{url}/api/2.0/mlflow/users/create", auth=admin, timeout=30,
+                                     json={"username": name, "password": password})
+            assert response.status_code == 200, response.text
+        yield TeamServer(url, work / "artifacts", admin, users)
+
+
+@dataclass
+class WebDavRemote:
+    url: str
+    root: Path
+    user: str
+    password: str
+
+
+@pytest.fixture(scope="session")
+def webdav_remote(tmp_path_factory: pytest.TempPathFactory):
+    """A WebDAV server (wsgidav) with a login, serving a folder: the team's DVC remote."""
+    import secrets
+
+    work = tmp_path_factory.mktemp("webdav")
+    (work / "share" / "dvcstore").mkdir(parents=True)  # the remote's folder (DVC creates what is inside)
+    password = secrets.token_urlsafe(12)
+    port = free_port()
+    config = {
+        "host": "127.0.0.1", "port": port, "server": "cheroot", "verbose": 2,
+        "provider_mapping": {"/": str(work / "share")},
+        "http_authenticator": {"domain_controller": None, "accept_basic": True, "accept_digest": False,
+                               "default_to_digest": False},
+        "simple_dc": {"user_mapping": {"*": {"dvc": {"password": password}}}},
+    }
+    (work / "wsgidav.yaml").write_text(yaml.safe_dump(config))
+    command = [str(Path(sys.executable).parent / "wsgidav"), "--config", str(work / "wsgidav.yaml")]
+    with background(command, work / "server.log", cwd=work) as process:
+        wait_until_up(f"http://127.0.0.1:{port}/", process, work / "server.log", timeout=60)
+        yield WebDavRemote(f"webdav://127.0.0.1:{port}/dvcstore", work / "share", "dvc", password)

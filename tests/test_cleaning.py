@@ -5,8 +5,10 @@ from ferops.cleaning import (
     conflicting_duplicates_mask,
     exact_twins_mask,
     find_duplicates,
+    first_in_group,
     near_twins_mask,
     perceptual_hashes,
+    pixel_std,
 )
 
 
@@ -37,6 +39,23 @@ def test_exact_twins_between_training_and_test():
     training = np.array([True, True, True, False, False, False, False])
     flagged = exact_twins_mask(dup, training, ~training)
     assert flagged.tolist() == [True, False, True, True, False, True, True]
+
+
+def test_first_in_group_names_the_earliest_copy_among_members():
+    dup = find_duplicates(images_from([2, 0, 1, 0, 2, 0, 3]))
+    assert first_in_group(dup).tolist() == [0, 1, 2, 1, 0, 1, 6]
+    member = np.array([False, False, True, True, True, False, False])
+    # Row 0's group has row 4 as its first member; rows 1 and 5 find row 3; row 6 has none.
+    assert first_in_group(dup, member).tolist() == [4, 3, 2, 3, 4, 3, -1]
+
+
+def test_pixel_std_is_what_the_blank_rule_thresholds():
+    images = np.zeros((2, 8, 8), dtype=np.uint8)
+    images[1, 0, 0] = 5
+    std = pixel_std(images)
+    assert std.dtype == np.float32
+    assert std.tolist() == [0.0, np.float32(np.std(images[1].astype(np.float32)))]
+    assert blank_mask(images, float(std[1])).tolist() == [True, False]
 
 
 def test_blank_mask_threshold():

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from stages import download as download_stage
 
-from ferops.download import Location, mirror_locations, parse_specs
+from ferops.config import build
+from ferops.download import DownloadConfig, Location, mirror_locations
 from ferops.errors import ParamsError
 
 DATASET_FILES = ["fer2013.csv.gz", "fer2013new.csv", "ckplus.zip", "jaffe.zip"]
@@ -57,9 +58,21 @@ def assert_untouched(previous, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".raw")], "temp dir left behind"
 
 
-def test_parse_specs_rejects_bad_checksum_param():
-    with pytest.raises(ParamsError, match=r"download.datasets.x.sha256: expected 64 hex digits"):
-        parse_specs({"x": {"file": "x.csv", "sha256": "abc", "output": "x.csv"}})
+def test_download_params_are_checked():
+    with pytest.raises(ParamsError, match=r"download.datasets.x.sha256: String should match pattern"):
+        build(DownloadConfig, {"datasets": {"x": {"file": "x.csv", "sha256": "abc", "output": "x.csv"}}},
+              "download")
+    good = {"file": "x.csv", "sha256": "A" * 64, "output": "x.csv"}
+    with pytest.raises(ParamsError, match=r"download.datasets.x.orign: unknown key; known keys here: file, "):
+        build(DownloadConfig, {"datasets": {"x": {**good, "orign": None}}}, "download")
+    with pytest.raises(ParamsError, match=r"download.datasets.x.origin.urll: unknown key; known keys here: "
+                                          r"kaggle_dataset, kaggle_file, url"):
+        build(DownloadConfig, {"datasets": {"x": {**good, "origin": {"urll": "http://h/x"}}}}, "download")
+    with pytest.raises(ParamsError, match=r"download.mirorr: unknown key"):
+        build(DownloadConfig, {"mirorr": "/x", "datasets": {"x": good}}, "download")
+    config = build(DownloadConfig, {"datasets": {"x": good}}, "download")
+    (spec,) = config.specs
+    assert (spec.name, spec.sha256, spec.origin.url) == ("x", "a" * 64, None)
 
 
 def test_environment_mirror_comes_first_and_relative_paths_use_the_root(tmp_path):
@@ -140,3 +153,30 @@ def test_missing_ckplus_says_how_to_get_it(
     assert str(mirror / "ckplus.zip") in caplog.text  # where it looked
     assert "may not be redistributed" in caplog.text  # how to get it
     assert_untouched(previous_outputs, tmp_path)
+
+
+def test_a_stage_killed_while_writing_leaves_nothing_behind_after_the_next_run(
+        tmp_path, monkeypatch, datasets_dir, params_file):
+    # kill -9 cannot be caught: the next run of the stage removes what the killed one left.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    mirror = make_mirror(tmp_path / "mirror", datasets_dir)
+    env = dict(os.environ, FEROPS_DATA_MIRROR=str(mirror))
+    script = Path(download_stage.__file__)
+    process = subprocess.Popen([sys.executable, str(script), "--params", str(params_file),
+                                "--out", str(tmp_path / "raw"), "--report", str(tmp_path / "download.json")],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".raw.*.tmp/*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    left = sorted(p.name for p in tmp_path.glob(".raw.*"))
+    assert left, "the stage was not caught while writing"
+    code, out, _ = run(params_file, tmp_path, monkeypatch, mirror)
+    assert code == 0 and (out / "fer2013.csv").stat().st_size == 301_072_766
+    assert not list(tmp_path.glob(".raw.*")), f"stale temporaries of the killed run: {left}"

@@ -5,15 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ferops.config import build
 from ferops.errors import DataError, ParamsError
 from ferops.evaluation import (
     DEFAULT_GROUPS,
+    EvaluateConfig,
     EvaluationSet,
     calibration,
     classification_report,
     confident_mistakes,
     confusion,
     dataset_metrics,
+    evaluate_dataset,
     evaluation_sets,
     group_accuracy,
     group_index,
@@ -169,3 +172,37 @@ def test_flip_tta_averages_the_image_and_its_mirror():
         predict_probabilities(LeftBrightness(), images, tta="flip", plain=plain[:1])
     with pytest.raises(ParamsError, match="evaluate.tta"):
         predict_probabilities(LeftBrightness(), images, tta="mirror")
+
+
+class FixedScores:
+    """A predictor that returns given scores for the plain view and for the mirrored view."""
+
+    def __init__(self, plain, mirrored):
+        self.plain, self.mirrored = np.asarray(plain), np.asarray(mirrored)
+
+    def predict(self, batch, batch_size, verbose):
+        # The test images are dark on the left (column 0 = 0), so the mirror is bright there.
+        return self.mirrored if batch[0, 0, 0, 0] > 0 else self.plain
+
+
+def test_evaluate_dataset_reports_the_raw_argmax_as_unmasked_also_under_tta():
+    # Regression: the scores were restricted (neutral zeroed) before the "unmasked" argmax, so
+    # ckplus.accuracy_unmasked always equalled ckplus.accuracy.
+    images = np.tile(np.arange(48, dtype=np.uint8), (2, 48, 1))
+    neutral_first = [[0.1, 0, 0, 0.3, 0, 0, 0.6], [0.6, 0, 0, 0.3, 0, 0, 0.1]]
+    dataset = EvaluationSet("ckplus", images, np.array([3, 0]), tuple(range(6)), mask_predictions=True)
+    outcome = evaluate_dataset(FixedScores(neutral_first, neutral_first), dataset, CLASSES,
+                               group_index(CLASSES, DEFAULT_GROUPS), tta="flip")
+    assert outcome.summary["accuracy"] == 1.0
+    assert outcome.summary["accuracy_unmasked"] == 0.5
+    assert outcome.detail["tta_flip"]["accuracy_unmasked"] == 0.5
+    assert outcome.predicted.tolist() == [3, 0]
+    assert outcome.probabilities[:, 6].tolist() == [0, 0]  # calibration uses the restricted scores
+
+
+def test_evaluate_params_are_checked():
+    with pytest.raises(ParamsError, match="evaluate.tta: Input should be 'none', 'flip' or 'tencrop'"):
+        build(EvaluateConfig, {"tta": "flipp"}, "evaluate")
+    with pytest.raises(ParamsError, match="evaluate.batchsize: unknown key"):
+        build(EvaluateConfig, {"batchsize": 3}, "evaluate")
+    assert build(EvaluateConfig, {}, "evaluate").groups["neutral"] == ("neutral",)

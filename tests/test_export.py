@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import keras
 import numpy as np
 import onnx
+import pytest
 
 from conftest import ckplus_faces
 from ferops.cli import main
-from ferops.export import INPUT_NAME, parity
-from ferops.inference import preprocess
+from ferops.export import INPUT_NAME, ExportError, export_onnx, parity
+from ferops.inference import load_classifier, preprocess
+from ferops.models import save_class_names
+from test_inference import tiny_model
 
 
 def test_onnx_parity_on_100_real_faces(onnx_model, usage_model, raw_dir):
@@ -71,3 +76,23 @@ def test_mixed_precision_model_exports_in_float32(tmp_path, raw_dir):
     # The 16-bit original agrees with its float32 copy up to bfloat16 rounding only.
     bf16 = np.asarray(model(pixels, training=False))
     assert np.abs(bf16 - np.asarray(converted(pixels, training=False))).max() < 2e-2
+
+
+def test_exported_file_carries_the_class_names(tmp_path, capsys):
+    """`ferops export` copies the names a .keras file carries into the ONNX metadata; none are invented."""
+    names = ["calm", "cross", "glad"]
+    model = tiny_model(3)
+    model.save(tmp_path / "named.keras")
+    save_class_names(tmp_path / "named.keras", names)
+    assert main(["export", "--model", str(tmp_path / "named.keras"), "-o", str(tmp_path / "named.onnx")]) == 0
+    properties = {p.key: p.value for p in onnx.load(str(tmp_path / "named.onnx")).metadata_props}
+    assert json.loads(properties["classes"]) == names
+    assert load_classifier(tmp_path / "named.onnx").classes == tuple(names)
+
+    tiny_model(7).save(tmp_path / "old.keras")  # saved before models carried names
+    assert main(["export", "--model", str(tmp_path / "old.keras"), "-o", str(tmp_path / "old.onnx")]) == 0
+    assert "classes" not in {p.key for p in onnx.load(str(tmp_path / "old.onnx")).metadata_props}
+    with pytest.raises(ExportError, match="2 class names for a model with 3 outputs"):
+        export_onnx(model, tmp_path / "bad.onnx", classes=names[:2])
+    assert not (tmp_path / "bad.onnx").exists()
+

@@ -40,7 +40,6 @@ def test_box_helpers():
     assert (box.area, box.right, box.bottom, box.center) == (1200, 50, 50, (30.0, 35.0))
     assert box.square() == Box(10, 15, 40, 40)  # square on the longer side, same centre
     assert box.square(0.25) == Box(0, 5, 60, 60)  # + 10 px (0.25 x 40) on each side
-    assert box.scaled(2) == Box(20, 40, 80, 60)
     assert Box(12, 22, 5, 5).inside(box) and not Box(45, 22, 10, 5).inside(box)
     assert box.as_tuple() == (10, 20, 40, 30)
 
@@ -139,10 +138,18 @@ def test_three_faces_side_by_side_are_found_in_their_tiles(raw_dir, detector):
     tile_boxes = [Box(256 * i, 0, 256, 256) for i in range(3)]
     assert sorted(next(i for i, t in enumerate(tile_boxes) if b.inside(t)) for b in boxes) == [
         0, 1, 2]
-    crops = detect_and_crop(canvas, detector)
-    assert [box for box, _ in crops] == boxes
-    assert all(crop.shape == (48, 48) and crop.dtype == np.uint8 for _, crop in crops)
-    assert len(detect_and_crop(canvas, detector, max_faces=2)) == 2
+    # detect_and_crop is the path predict and serve use: the same boxes, one training crop each.
+    found, crops = detect_and_crop(canvas, detector)
+    assert found == boxes and len(crops) == 3
+    assert all(crop.shape == (48, 48) and crop.dtype == np.uint8 for crop in crops)
+    for box, crop in zip(found, crops, strict=True):
+        np.testing.assert_array_equal(crop, crop_face(canvas, box))
+    found, crops = detect_and_crop(canvas, detector, max_faces=2)
+    assert found == boxes[:2] and len(crops) == 2
+    # A colour photo gives the same boxes and crops as its gray version.
+    colour_boxes, colour_crops = detect_and_crop(cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR), detector)
+    assert colour_boxes == boxes
+    np.testing.assert_array_equal(np.stack(colour_crops), np.stack(detect_and_crop(canvas, detector)[1]))
 
 
 def test_largest_face_comes_first(raw_dir, detector):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from ferops.errors import DataError
-from ferops.fer2013 import USAGES, parse_pixels, read_fer2013
+from ferops.fer2013 import USAGES, class_counts, parse_pixels, read_fer2013, scan_pixels
 
 KNOWN_COUNTS = {  # SOURCES.md: per Usage, per class (angry..neutral)
     "Training": [3995, 436, 4097, 7215, 4830, 3171, 4965],
@@ -34,6 +34,34 @@ def test_parse_pixels_round_trip_synthetic():
     images = rng.integers(0, 256, size=(5, 4, 4), dtype=np.uint8)
     strings = pd.Series([" ".join(map(str, image.ravel())) for image in images])
     np.testing.assert_array_equal(parse_pixels(strings, image_size=4), images)
+
+
+def test_scan_counts_values_and_parses_only_well_formed_rows():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, 16), np.full(16, 7), np.r_[np.full(12, 100), np.full(4, 255)]]
+    texts = [" ".join(map(str, image)) for image in images]
+    bad = ["", "0 255", texts[0].replace(" ", "  ", 1), texts[1].replace("7", "x", 1),
+           texts[1].replace("7", "-1", 1), texts[1].replace("7", "300", 1),
+           texts[1].replace("7", "07", 1)]
+    scan = scan_pixels(pd.Series([texts[0], *bad, texts[1], None, texts[2]]), image_size=4)
+    assert scan.counts.tolist() == [16, 0, 2, 17, 16, 16, 16, 16, 16, 0, 16]
+    assert scan.valid.tolist() == [True] + [False] * 7 + [True, False, True]
+    # The images of the valid rows, in row order.
+    np.testing.assert_array_equal(scan.images.reshape(3, 16), np.stack(images))
+    assert scan.images.dtype == np.uint8
+
+
+def test_parse_pixels_refuses_leading_zeros_the_validation_refuses_too():
+    strings = pd.Series(["1 2 3 4", "1 02 3 4"])
+    with pytest.raises(DataError, match=r"integers 0\.\.255 .* row 1 do not match"):
+        parse_pixels(strings, image_size=2)
+
+
+def test_class_counts_names_unlabelled_rows_only_when_present():
+    classes = ["angry", "disgust", "fear"]
+    assert class_counts(np.array([0, 2, 2]), classes) == {"angry": 1, "disgust": 0, "fear": 2}
+    assert class_counts(np.array([0, -1, 2, -1]), classes) == {
+        "angry": 1, "disgust": 0, "fear": 1, "(no label)": 2}
 
 
 def test_read_small_real_subset(tmp_path, real_rows):

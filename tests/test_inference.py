@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 
 import cv2
+import keras
 import numpy as np
 import pytest
 
 from conftest import ckplus_faces, jaffe_paths
+from ferops.export import export_onnx
 from ferops.faces import FaceDetector
 from ferops.inference import (
-    CLASSES,
+    FER2013_CLASSES,
     KerasClassifier,
     ModelLoadError,
     OnnxClassifier,
+    StoreNotFoundError,
     load_classifier,
     preprocess,
+    require_store,
 )
 from ferops.io import load_arrays
-from ferops.predict import Predictor
+from ferops.models import save_class_names
+from ferops.predictor import Predictor
+from test_predict import CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +76,39 @@ def test_preprocess_refuses_wrong_inputs():
 
 
 def test_missing_store_is_an_error_not_a_new_database(tmp_path):
-    with pytest.raises(ModelLoadError, match="no MLflow store at"):
-        load_classifier("models:/ferops-fer2013@champion", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(ModelLoadError, match=f"no MLflow store at {uri} "):
+        load_classifier("models:/ferops-fer2013@champion", tracking_uri=uri)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_require_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for uri, missing in (("sqlite:///typo.db", "file typo.db does not exist"),
+                         ("sqlite:///a/b/typo.db?mode=ro", "file a/b/typo.db does not exist"),
+                         (f"sqlite:///{tmp_path}/x.db", f"file {tmp_path}/x.db does not exist"),
+                         ("file:./mlruns", "folder mlruns does not exist"),
+                         (f"file://{tmp_path}/mlruns", f"folder {tmp_path}/mlruns does not exist"),
+                         ("mlruns", "folder mlruns does not exist")):
+        with pytest.raises(StoreNotFoundError) as error:
+            require_store(uri)
+        assert str(error.value).startswith(f"no MLflow store at {uri} ({missing}): check --tracking-uri")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "empty.db").touch()  # SQLite would happily treat 0 bytes as an empty database
+    with pytest.raises(StoreNotFoundError, match="empty.db is not an MLflow database"):
+        require_store("sqlite:///empty.db")
+    assert (tmp_path / "empty.db").stat().st_size == 0
+    with sqlite3.connect(tmp_path / "store.db") as connection:
+        connection.execute("CREATE TABLE experiments (id INTEGER)")
+    (tmp_path / "mlruns").mkdir()
+    for uri in ("sqlite:///store.db", "file:./mlruns", "mlruns", "sqlite://", "sqlite:///:memory:",
+                "databricks"):
+        require_store(uri)  # present, in memory, or remote: nothing to check
+    # A tracking server gets one quick request: one that is down is a clear error at once.
+    from ferops.tracking import TrackingServerError
+
+    with pytest.raises(TrackingServerError, match=r"http://127.0.0.1:9 is unreachable .*server is up"):
+        require_store("http://127.0.0.1:9")
 
 
 def test_mlflow_forms_load_the_same_model(keras_classifier, trained_run, usage_registry, raw_dir):
@@ -99,10 +137,59 @@ def test_bad_model_references_are_clear_errors(usage_registry, tmp_path):
     with pytest.raises(ModelLoadError, match="broken.onnx: ONNX Runtime could not load"):
         load_classifier(tmp_path / "broken.onnx")
     (tmp_path / "broken.keras").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(ModelLoadError, match="broken.keras: Keras could not load"):
+    with pytest.raises(ModelLoadError, match="broken.keras: cannot load as a Keras model"):
         load_classifier(tmp_path / "broken.keras")
     with pytest.raises(ModelLoadError, match="unsupported model URI"):
         load_classifier("https://example.invalid/model")
+
+
+def tiny_model(outputs: int) -> keras.Model:
+    """An untrained model with the classifier's input and ``outputs`` probabilities (for class-name tests)."""
+    inputs = keras.Input((48, 48, 1))
+    x = keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 255)(inputs))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(outputs, activation="softmax")(x))
+
+
+def test_models_bring_their_own_class_names(tmp_path, caplog):
+    """.keras files, MLflow models and ONNX exports carry their names; the FER2013 order is a fallback."""
+    import mlflow
+
+    names = ("calm", "cross", "glad")
+    model = tiny_model(3)
+    model.save(tmp_path / "model.keras")
+    save_class_names(tmp_path / "model.keras", names)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.create_experiment("names", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        logged = mlflow.keras.log_model(model, name="model", metadata={"classes": list(names)})
+    mlflow.register_model(logged.model_uri, "tiny")
+    export_onnx(model, tmp_path / "model.onnx", classes=names)
+    faces = np.zeros((2, 48, 48), np.uint8)
+    with caplog.at_level(logging.WARNING):
+        for reference in (tmp_path / "model.keras", logged.model_uri, "models:/tiny/1",
+                          tmp_path / "model.onnx"):
+            classifier = load_classifier(reference, tracking_uri=uri)
+            assert classifier.classes == names and not classifier.classes_assumed, reference
+            assert classifier.classify(faces).shape == (2, 3)
+    assert "carries no class names" not in caplog.text
+    # An explicit list wins (it must still match the outputs).
+    assert load_classifier(tmp_path / "model.onnx", classes=["x", "y", "z"]).classes == ("x", "y", "z")
+    with pytest.raises(ModelLoadError, match=r"expected \(batch, 7\) probabilities"):
+        load_classifier(tmp_path / "model.keras", classes=FER2013_CLASSES)
+
+    # Older models without names: the FER2013 order, with a warning naming the model.
+    old = tiny_model(7)
+    old.save(tmp_path / "old.keras")
+    export_onnx(old, tmp_path / "old.onnx")
+    for reference in (tmp_path / "old.keras", tmp_path / "old.onnx"):
+        classifier = load_classifier(reference)
+        assert classifier.classes == FER2013_CLASSES and classifier.classes_assumed
+        assert f"{reference}: the model carries no class names" in caplog.text
+    with pytest.raises(ModelLoadError, match=r"expected \(batch, 7\) probabilities"):
+        load_classifier(tmp_path / "model.onnx", classes=FER2013_CLASSES)
 
 
 def test_onnx_classifier_matches_keras(onnx_model, keras_classifier, raw_dir):

@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from ferops.io import atomic_directory, atomic_file, load_arrays, save_arrays, write_json
+from ferops.io import (
+    atomic_directory,
+    atomic_file,
+    file_digest,
+    load_arrays,
+    save_arrays,
+    scratch_directory,
+    write_json,
+)
 
 
 def test_save_arrays_is_byte_deterministic_and_loadable(tmp_path):
@@ -62,3 +70,33 @@ def test_read_json_names_the_file_and_the_stage_that_writes_it(tmp_path):
         read_json(tmp_path / "bad.json", "evaluate")
     write_json(tmp_path / "good.json", {"accuracy": 0.5})
     assert read_json(tmp_path / "good.json", "evaluate") == {"accuracy": 0.5}
+
+
+def test_a_writer_removes_temporaries_left_by_a_killed_run(tmp_path):
+    # SIGKILL leaves `.<name>.<random>.tmp` (and a half-swapped `.<name>.old-<pid>`) behind; the next
+    # writer of the same output removes them, and only them.
+    stale_dir = tmp_path / ".prepared.k1ll3d.tmp"
+    (stale_dir / "deep").mkdir(parents=True)
+    (stale_dir / "deep" / "train.npz").write_bytes(b"x" * 1000)
+    (tmp_path / ".prepared.old-12345").mkdir()
+    (tmp_path / ".prepared.abc.scratch").mkdir()
+    (tmp_path / ".metrics.json.k1ll3d.tmp").write_text("{")
+    (tmp_path / ".other.k1ll3d.tmp").mkdir()  # another output's: not ours to remove
+    with atomic_directory(tmp_path / "prepared") as temp:
+        (temp / "a.txt").write_text("new")
+    with atomic_file(tmp_path / "metrics.json") as temp:
+        temp.write_text("{}")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".other.k1ll3d.tmp", ".prepared.abc.scratch", "metrics.json", "prepared"]
+    with scratch_directory(tmp_path / "prepared") as scratch:
+        assert scratch.is_dir() and scratch.name.endswith(".scratch")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.k1ll3d.tmp", "metrics.json", "prepared"]
+
+
+def test_file_digest_matches_hashlib(tmp_path):
+    import hashlib
+
+    path = tmp_path / "blob"
+    path.write_bytes(b"ferops" * 100_000)
+    assert file_digest(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert file_digest(path, "md5") == hashlib.md5(path.read_bytes()).hexdigest()

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import small_params
 from ferops.io import load_arrays
 
 # Data Docs embed the time of the run; training is not bit-reproducible on CPU threads.
 NOT_DETERMINISTIC = ("reports/validation/", "reports/train.json", "reports/mlflow_run.json",
                      "reports/plots/train/", "reports/figures/train/")
 REGISTRY = "ferops-fer2013"
-SMALL_PROFILE = {"epochs": 1, "batch_size": 64, "warmup_epochs": 0, "max_train_images": 512}
 FAST_EVALUATION = {"tta": "none", "gradcam_per_class": 2, "mistakes_per_class": 2}
 
 
@@ -35,14 +35,25 @@ def copy_project(source: Path, target: Path) -> None:
         if (source / name).is_file() and not name.startswith(("reports/", "dvc.lock")):
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, target / name)
-    params = yaml.safe_load((target / "params.yaml").read_text())
-    params["train"].update({key: value for key, value in SMALL_PROFILE.items() if key in params["train"]})
-    params["train"]["max_minutes"] = None
+    params = small_params(max_train_images=512)
     params["evaluate"].update(FAST_EVALUATION)
     (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         subprocess.run(command, cwd=target, check=True)
+
+
+# The README's one command that brings back the last committed state after a failed run.
+RESTORE = "git checkout HEAD -- params.yaml dvc.lock reports && dvc checkout"
+
+
+def git(project: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=project, check=True)
+
+
+def report_bytes(project: Path) -> dict[str, bytes]:
+    return {path.relative_to(project).as_posix(): path.read_bytes()
+            for path in sorted((project / "reports").rglob("*")) if path.is_file()}
 
 
 def dvc(project: Path, *args: str, env: dict[str, str]) -> str:
@@ -99,7 +110,7 @@ def test_dvc_repro_and_experiments(tmp_path, repo_root, datasets_dir):
     env.pop("MLFLOW_TRACKING_URI", None)
 
     log = dvc(project, "repro", env=env)
-    for stage in ("download", "validate", "prepare", "oversample", "train", "evaluate", "register"):
+    for stage in ("params", "download", "validate", "prepare", "oversample", "train", "evaluate", "register"):
         assert f"Running stage '{stage}'" in log
     assert (project / "models/model.keras").is_file()
     (run,) = mlflow_runs(project)
@@ -127,12 +138,37 @@ def test_dvc_repro_and_experiments(tmp_path, repo_root, datasets_dir):
     # Forcing the data stages to rerun reproduces the same bytes (so training is not stale).
     before = output_digests(project)
     assert any(name.startswith("data/prepared/") for name in before)
+    # What a stage killed with SIGKILL while writing leaves behind; the next run removes it.
+    stale = [project / "data/oversampled/.train.npz.k1ll3d.tmp", project / "reports/.oversample.json.x.tmp"]
+    for path in stale:
+        path.write_bytes(b"half-written")
     dvc(project, "repro", "--force", "oversample", env=env)
+    assert not [path for path in stale if path.exists()]
     after = output_digests(project)
     changed = sorted(name for name in before if before[name] != after.get(name))
     assert not changed, f"outputs differ after a forced rerun: {changed}"
     assert before.keys() == after.keys()
     assert "Data and pipelines are up to date" in dvc(project, "status", env=env)
+
+    # A refused value stops `dvc exp run` in the params stage, before DVC deletes any output, and
+    # the README's restore command brings back the last committed state.
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "first run")
+    reports = report_bytes(project)
+    for setting, stage, message in (
+            ("evaluate.tta=flipp", "evaluate", "evaluate.tta: Input should be 'none', 'flip' or 'tencrop'"),
+            ("+oversample.target_ratoi=0.9", "oversample", "oversample.target_ratoi: unknown key"),
+            ("train.optimizer=rmsprop", "train", "train.optimizer: Input should be")):
+        command = [str(Path(sys.executable).parent / "dvc"), "exp", "run", "-S", setting, stage]
+        failed = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+        assert failed.returncode != 0 and message in failed.stdout + failed.stderr, failed.stderr
+        assert f"Running stage '{stage}'" not in failed.stdout + failed.stderr
+        now = report_bytes(project)
+        assert {name: now.get(name) for name in reports if name != "reports/params.json"} == {
+            name: data for name, data in reports.items() if name != "reports/params.json"}
+        subprocess.run(RESTORE, shell=True, cwd=project, env=env, check=True)
+        assert report_bytes(project) == reports
+        assert "Data and pipelines are up to date" in dvc(project, "status", env=env)
 
     # An experiment with one parameter changed reruns training only and is tracked as such.
     default_lr = str(yaml.safe_load((project / "params.yaml").read_text())["train"]["lr"])

@@ -1,19 +1,34 @@
-"""`ferops predict` on real faces: photos with 1-3 faces, a folder with a corrupt file, video, webcam loop."""
+"""`ferops predict` on real faces: photos with 1-3 faces, a folder with a corrupt file, video, webcam loop,
+and images that are empty or far too large."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import yaml
 
-from conftest import ckplus_faces, jaffe_paths, multi_face_canvas
+from conftest import REPO_ROOT, ckplus_faces, jaffe_paths, multi_face_canvas
 from ferops.cli import EXIT_SOME_FAILED, main
 from ferops.faces import FaceDetector
-from ferops.inference import CLASSES, load_classifier
-from ferops.predict import Predictor, annotate, csv_header, process_stream
+from ferops.inference import load_classifier
+from ferops.media import DEFAULT_MAX_PIXELS
+from ferops.output import csv_header
+from ferops.predict import process_stream
+from ferops.predictor import Predictor, annotate
+
+# The project's classes (params.yaml), which the trained test model carries.
+CLASSES = tuple(yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["base"]["classes"])
+FEROPS = shutil.which("ferops", path=str(Path(sys.executable).parent)) or "ferops"
 
 FACE_KEYS = {"source", "frame", "face", "box", "expression", "confidence", "probabilities"}
 
@@ -235,4 +250,108 @@ def test_annotate_leaves_the_input_alone(predictor, raw_dir):
     assert (spread > 60).sum() > 500  # a coloured box and label on the gray photo
     corner = drawn[:40, :120].astype(int)
     assert ((corner[..., 1] > 200) & (corner[..., 0] < 80) & (corner[..., 2] < 80)).sum() > 20  # FPS
+
+
+# --- images that are empty or far too large ----------------------------------------------------------
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png(width: int, height: int, idat: bytes) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray, no interlace
+    chunks = _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def huge_png(face: np.ndarray, side: int = 20_000, at: int = 1000) -> bytes:
+    """A valid side x side flat gray PNG with ``face`` pasted in: well under 1 MB, side**2 pixels decoded.
+
+    The rows are compressed as they are made: cv2.imencode would need the whole 400 MB image first
+    (and 8 s to compress it).
+    """
+    compressor = zlib.compressobj(9)
+    blank = b"\0" * (side + 1)  # filter byte 0, then a row of black pixels
+    parts = []
+
+    def blank_rows(count: int) -> None:
+        for start in range(0, count, 100):
+            parts.append(compressor.compress(blank * min(100, count - start)))
+
+    blank_rows(at)
+    for row in face:
+        parts.append(compressor.compress(b"\0" + bytes(at) + row.tobytes() + bytes(side - at - len(row))))
+    blank_rows(side - at - len(face))
+    parts.append(compressor.flush())
+    return _png(side, side, b"".join(parts))
+
+
+def header_only_png(width: int, height: int) -> bytes:
+    """A PNG whose header says width x height but whose pixel data is a few bytes (truncated)."""
+    return _png(width, height, zlib.compress(b"\0" * 64))
+
+
+def absurd_jpeg(face: np.ndarray, width: int, height: int) -> bytes:
+    """A real small JPEG whose frame header (SOF0) is rewritten to claim width x height."""
+    data = bytearray(cv2.imencode(".jpg", face)[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def run_measuring_memory(command: list[str], peak_file: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``command`` as the only child of a fresh Python; return its result and its peak RSS in MiB."""
+    parent = ("import resource, subprocess, sys\n"
+              "result = subprocess.run(sys.argv[2:], capture_output=True, text=True)\n"
+              "sys.stdout.write(result.stdout); sys.stderr.write(result.stderr)\n"
+              "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+              "sys.exit(result.returncode)\n")
+    result = subprocess.run([sys.executable, "-c", parent, str(peak_file), *command], capture_output=True,
+                            text=True, timeout=300)
+    return result, int(peak_file.read_text()) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def test_huge_and_absurd_images_are_refused_with_little_memory(raw_dir, onnx_model, tmp_path):
+    """The 20000x20000 PNG that once took `ferops predict` past 8 GB, and headers claiming absurd sizes."""
+    face = cv2.imread(str(jaffe_paths(raw_dir)[3]), cv2.IMREAD_GRAYSCALE)
+    inputs = {"huge.png": huge_png(face), "absurd.png": header_only_png(100_000, 100_000),
+              "tall.png": header_only_png(7_000, 7_000), "absurd.jpg": absurd_jpeg(face, 30_000, 30_000),
+              "empty.jpg": b"", "face.png": cv2.imencode(".png", face)[1].tobytes()}
+    for name, data in inputs.items():
+        (tmp_path / name).write_bytes(data)
+    assert (tmp_path / "huge.png").stat().st_size < 1_000_000
+    out = tmp_path / "out.json"
+    result, peak_mib = run_measuring_memory(
+        [FEROPS, "predict", *(str(tmp_path / name) for name in inputs), "--model", str(onnx_model),
+         "-o", str(out), "--no-progress"], tmp_path / "peak")
+    assert result.returncode == EXIT_SOME_FAILED, result.stderr
+    assert peak_mib < 512, f"ferops predict peaked at {peak_mib:.0f} MiB"
+    errors = {Path(entry["source"]).name: entry["error"] for entry in json.loads(out.read_text())["inputs"]}
+    limit = f"the limit is {DEFAULT_MAX_PIXELS:,} pixels"
+    for name in ("huge.png", "absurd.png", "tall.png", "absurd.jpg"):
+        assert errors[name].startswith(f"{tmp_path / name}: image too large"), errors[name]
+        assert limit in errors[name] and "--max-pixels" in errors[name]
+        assert f"skipped: {tmp_path / name}: image too large" in result.stderr
+    assert "7000x7000 is 49,000,000 pixels" in errors["tall.png"]
+    assert errors["empty.jpg"] == f"{tmp_path / 'empty.jpg'}: empty file (0 bytes)"
+    assert errors["face.png"] is None  # the other inputs are processed as usual
+    assert len(json.loads(out.read_text())["faces"]) == 1
+
+
+def test_max_pixels_option(raw_dir, onnx_model, tmp_path, caplog):
+    face = cv2.imread(str(jaffe_paths(raw_dir)[3]), cv2.IMREAD_GRAYSCALE)  # 256x256: 65,536 pixels
+    cv2.imwrite(str(tmp_path / "face.png"), face)
+    write_video(raw_dir, tmp_path / "clip.mp4", frames=3)  # 320x240: 76,800 pixels a frame
+    out = tmp_path / "out.json"
+    both = [str(tmp_path / "face.png"), str(tmp_path / "clip.mp4"), "--model", str(onnx_model),
+            "-o", str(out)]
+    assert main(["predict", *both, "--max-pixels", "60000"]) == EXIT_SOME_FAILED
+    errors = [entry["error"] for entry in json.loads(out.read_text())["inputs"]]
+    assert "256x256 is 65,536 pixels" in errors[0] and "the limit is 60,000 pixels" in errors[0]
+    assert "frames are 320x240" in errors[1] and "the limit is 60,000 pixels" in errors[1]
+    assert main(["predict", *both, "--max-pixels", "80000"]) == 0
+    for wrong, message in (("0", "--max-pixels must be >= 1"), ("200000000", "--max-pixels must be at most")):
+        assert main(["predict", str(tmp_path / "face.png"), "--model", str(onnx_model), "--max-pixels",
+                     wrong]) == 1
+        assert message in caplog.text
 

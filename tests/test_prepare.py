@@ -5,6 +5,7 @@ import pytest
 import yaml
 from stages import prepare as prepare_stage
 
+from ferops.config import build
 from ferops.errors import ParamsError
 from ferops.fer2013 import USAGES, read_fer2013
 from ferops.ferplus import read_ferplus
@@ -77,7 +78,7 @@ def test_bad_param_fails_before_work(raw_dir, tmp_path, repo_root, caplog):
     validation = tmp_path / "validation.json"
     validation.write_text('{"success": true}')
     assert prepare_stage.main(stage_args(raw_dir, tmp_path, validation, path)) == 1
-    assert "prepare.labels: 'fer+' is not one of" in caplog.text
+    assert "prepare.labels: Input should be 'fer2013' or 'ferplus'; got 'fer+'" in caplog.text
 
 
 @pytest.mark.slow
@@ -107,7 +108,7 @@ def test_rules_switch_off_and_clean_test(fer_and_votes):
 
 
 def test_cleaning_rules_validate_params():
-    with pytest.raises(ParamsError, match="prepare.clean.leakage: 'fuzzy' is not one of"):
-        CleaningRules.from_params({"leakage": "fuzzy"})
-    with pytest.raises(ParamsError, match=r"unknown key\(s\) \['blanks'\]"):
-        CleaningRules.from_params({"blanks": True})
+    with pytest.raises(ParamsError, match="prepare.clean.leakage: Input should be 'exact', 'phash' or"):
+        build(CleaningRules, {"leakage": "fuzzy"}, "prepare.clean")
+    with pytest.raises(ParamsError, match=r"prepare.clean.blanks: unknown key; known keys here: blank, "):
+        build(CleaningRules, {"blanks": True}, "prepare.clean")

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import TrainedRun, run_evaluate, train_briefly
+from conftest import TrainedRun, run_evaluate, tracking_env, train_briefly
 from ferops.cli import EXIT_REFUSED
 from ferops.cli import main as ferops
+from ferops.config import build
 from ferops.errors import ParamsError
 from ferops.io import load_arrays
 from ferops.registry import Gate, decide
@@ -52,11 +53,11 @@ def test_gate_rules_each_refuse_with_their_reason():
 
 
 def test_gate_params_are_checked():
-    assert Gate.from_params({"min_accuracy": 55}).min_accuracy == 55.0
-    with pytest.raises(ParamsError, match="promote: unknown key"):
-        Gate.from_params({"min_acc": 55})
-    with pytest.raises(ParamsError, match="promote.max_class_recall_drop"):
-        Gate.from_params({"max_class_recall_drop": -1})
+    assert build(Gate, {"min_accuracy": 55}, "promote").min_accuracy == 55.0
+    with pytest.raises(ParamsError, match="promote.min_acc: unknown key; known keys here: max_accuracy_drop"):
+        build(Gate, {"min_acc": 55}, "promote")
+    with pytest.raises(ParamsError, match="promote.max_class_recall_drop: Input should be greater than or"):
+        build(Gate, {"max_class_recall_drop": -1}, "promote")
 
 
 # --- end to end with the real stages and a real SQLite registry ------------------------------------------
@@ -65,10 +66,11 @@ def test_gate_params_are_checked():
 def register_stage(run: TrainedRun, evaluated, out) -> dict:
     from stages import register
 
-    assert register.main(["--params", str(run.params), "--receipt", str(run.receipt),
-                          "--metrics", str(evaluated / "metrics.json"),
-                          "--details", str(evaluated / "evaluate"),
-                          "--train-report", str(run.report), "--out", str(out)]) == 0
+    with tracking_env(run.tracking_uri):
+        assert register.main(["--params", str(run.params), "--receipt", str(run.receipt),
+                              "--metrics", str(evaluated / "metrics.json"),
+                              "--details", str(evaluated / "evaluate"),
+                              "--train-report", str(run.report), "--out", str(out)]) == 0
     return json.loads(out.read_text())
 
 
@@ -85,7 +87,7 @@ def sabotaged_copy(run: TrainedRun, work) -> TrainedRun:
     import mlflow
     from mlflow.models import infer_signature
 
-    from ferops.tracking import write_receipt
+    from ferops.tracking import PipelineRun, write_receipt
 
     work.mkdir()
     model = keras.saving.load_model(run.model, compile=False)
@@ -100,8 +102,8 @@ def sabotaged_copy(run: TrainedRun, work) -> TrainedRun:
     with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="sabotaged") as active:
         logged = mlflow.keras.log_model(model, name="model",
                                         signature=infer_signature(sample, model.predict(sample, verbose=0)))
-    write_receipt(work / "mlflow_run.json", active.info.run_id, experiment.experiment_id, run.tracking_uri,
-                  logged.model_uri)
+    write_receipt(work / "mlflow_run.json", PipelineRun(active.info.run_id, experiment.experiment_id,
+                                                         run.tracking_uri), logged.model_uri, work)
     shutil.copy(run.report, work / "train.json")
     shutil.copy(run.params, work / "params.yaml")
     return TrainedRun(work, work / "params.yaml", run.tracking_uri, work / "model.keras",
@@ -171,7 +173,7 @@ def test_register_and_promote_with_real_models(trained_run, evaluated_run, prepa
 
     # 4. A better model (more data, more epochs) passes the gate and becomes champion.
     better = relax_gate(train_briefly(tmp_path / "better", prepared_dir, first.tracking_uri, epochs=3,
-                                      max_train_images=4000, batch_size=64, warmup_epochs=0))
+                                      max_train_images=4000))
     better_eval = tmp_path / "better_eval"
     assert run_evaluate(better, prepared_dir, better_eval) == 0
     better_metrics = json.loads((better_eval / "metrics.json").read_text())

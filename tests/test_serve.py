@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import httpx
@@ -15,8 +17,9 @@ import uvicorn
 
 from conftest import jaffe_paths, multi_face_canvas
 from ferops.cli import _predictor, build_parser
-from ferops.inference import CLASSES
+from ferops.media import DEFAULT_MAX_PIXELS
 from ferops.serve import create_app
+from test_predict import CLASSES, FEROPS, absurd_jpeg, header_only_png, huge_png
 
 CHROMIUM = "/usr/bin/chromium"
 MAX_UPLOAD = 1 << 20  # 1 MiB, so the oversize test stays small
@@ -112,7 +115,7 @@ def test_bad_requests_are_answered_not_fatal(server):
     assert response.status_code == 200 and response.json()["faces"] == []
 
     response = post(files={"file": ("empty.png", b"", "image/png")})
-    assert response.status_code == 400 and "empty" in response.json()["detail"]
+    assert response.status_code == 400 and response.json()["detail"] == "empty.png: empty file (0 bytes)"
     response = post()  # no body at all
     assert response.status_code == 400 and "multipart" in response.json()["detail"]
     response = post(json={"image": "base64..."})
@@ -122,6 +125,64 @@ def test_bad_requests_are_answered_not_fatal(server):
     response = post(content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
     assert response.status_code == 400
     assert httpx.get(f"{server}/health").json()["status"] == "ok"  # still serving
+
+
+@pytest.fixture(scope="module")
+def ferops_serve(onnx_model, tmp_path_factory):
+    """`ferops serve` as a user starts it, in its own process (ONNX model, default limits); (URL, process)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([FEROPS, "serve", "--model", str(onnx_model), "--port", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            assert process.poll() is None, f"ferops serve exited: {log.read_text()}"
+            assert time.monotonic() < deadline, f"ferops serve did not answer: {log.read_text()}"
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def peak_rss_mib(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM), in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+def test_oversized_images_get_413_and_the_server_stays_healthy(ferops_serve, two_faces, raw_dir):
+    """The 20000x20000 PNG (under 1 MB) that once killed the service, and headers claiming absurd sizes."""
+    url, process = ferops_serve
+    face = cv2.imread(str(jaffe_paths(raw_dir)[3]), cv2.IMREAD_GRAYSCALE)
+    uploads = {"huge.png": huge_png(face), "absurd.png": header_only_png(100_000, 100_000),
+               "tall.png": header_only_png(7_000, 7_000), "absurd.jpg": absurd_jpeg(face, 30_000, 30_000)}
+    for name, data in uploads.items():
+        response = httpx.post(f"{url}/predict", files={"file": (name, data, "image/png")}, timeout=60)
+        assert response.status_code == 413, (name, response.text)
+        detail = response.json()["detail"]
+        assert detail.startswith(f"{name}: image too large") and f"{DEFAULT_MAX_PIXELS:,} pixels" in detail
+        assert "--max-pixels" in detail
+    assert "7000x7000" in httpx.post(f"{url}/predict", files={"file": ("t.png", uploads["tall.png"])}).text
+    response = httpx.post(f"{url}/predict", files={"file": ("empty.jpg", b"", "image/jpeg")})
+    assert response.status_code == 400 and response.json()["detail"] == "empty.jpg: empty file (0 bytes)"
+
+    # Still healthy, and a normal photo is answered as before.
+    health = httpx.get(f"{url}/health").json()
+    assert health["status"] == "ok" and health["max_pixels"] == DEFAULT_MAX_PIXELS
+    path, _ = two_faces
+    response = httpx.post(f"{url}/predict", files={"file": (path.name, path.read_bytes(), "image/jpeg")})
+    assert response.status_code == 200 and len(response.json()["faces"]) == 2
+    assert process.poll() is None
+    peak = peak_rss_mib(process.pid)
+    assert peak < 512, f"ferops serve peaked at {peak:.0f} MiB"
 
 
 @pytest.mark.slow

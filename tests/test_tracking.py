@@ -8,7 +8,17 @@ import pytest
 
 from ferops.errors import DataError
 from ferops.io import write_json
-from ferops.tracking import find_project_root, flatten_metrics, flatten_params, read_receipt
+from ferops.tracking import (
+    PipelineRun,
+    find_project_root,
+    flatten_metrics,
+    flatten_params,
+    read_receipt,
+    receipt_store,
+    tracking_uri,
+    use_experiment,
+    write_receipt,
+)
 
 
 def test_flatten_params_gives_dotted_string_values():
@@ -31,6 +41,47 @@ def test_read_receipt_requires_its_fields(tmp_path):
     write_json(tmp_path / "mlflow_run.json", {"run_id": "abc", "tracking_uri": "sqlite:///x.db"})
     with pytest.raises(DataError, match="receipt lacks model_uri"):
         read_receipt(tmp_path / "mlflow_run.json")
+
+
+def test_the_project_store_is_recorded_without_its_path(tmp_path):
+    # A receipt of the project's own store names no path, so it stays true in a moved checkout.
+    root = tmp_path / "checkout"
+    run = PipelineRun("abc", "1", tracking_uri(None, root))
+    write_receipt(tmp_path / "receipt.json", run, "models:/m-1", root)
+    receipt = read_receipt(tmp_path / "receipt.json")
+    assert receipt["tracking_uri"] is None
+    server = PipelineRun("abc", "1", "http://127.0.0.1:5000")
+    write_receipt(tmp_path / "server.json", server, "models:/m-1", root)
+    assert read_receipt(tmp_path / "server.json")["tracking_uri"] == "http://127.0.0.1:5000"
+
+
+def test_a_receipt_from_another_store_is_refused(tmp_path):
+    receipt = {"run_id": "abc", "experiment_id": "1", "tracking_uri": "sqlite:////elsewhere/mlflow.db",
+               "model_uri": "models:/m-1"}
+    with pytest.raises(DataError, match=r"run abc was logged to sqlite:////elsewhere/mlflow.db, but this "
+                                        r"checkout logs to sqlite:///.*checkout/mlflow.db"):
+        receipt_store(receipt, tmp_path / "r.json", None, tmp_path / "checkout")
+    project = dict(receipt, tracking_uri=None)
+    with pytest.raises(DataError, match="but this checkout logs to http://127.0.0.1:9/"):
+        receipt_store(project, tmp_path / "r.json", "http://127.0.0.1:9/", tmp_path / "checkout")
+
+
+def test_a_store_copied_from_another_checkout_is_refused(tmp_path):
+    # A moved or copied checkout keeps its mlflow.db, whose experiment still points at the
+    # original's artifacts: logging into it would write there.
+    import shutil
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    uri = tracking_uri(None, original)
+    experiment_id = use_experiment("ferops", uri, original)
+    assert use_experiment("ferops", uri, original) == experiment_id
+    shutil.copytree(original, copy)
+    with pytest.raises(DataError, match=r"artifacts in .*original/mlartifacts, not in this checkout"):
+        use_experiment("ferops", tracking_uri(None, copy), copy)
+    receipt = {"run_id": "abc", "experiment_id": experiment_id, "tracking_uri": None, "model_uri": "m"}
+    with pytest.raises(DataError, match="copied or moved"):
+        receipt_store(receipt, tmp_path / "r.json", None, copy)
 
 
 def test_project_root_of_a_dvc_experiment_copy_is_the_workspace(tmp_path):

@@ -16,14 +16,13 @@ import pytest
 import yaml
 from stages import train as train_stage
 
-from ferops.io import load_arrays
-from ferops.tracking import md5_file
+from conftest import small_params
+from ferops.io import file_digest, load_arrays
+from ferops.models import load_class_names
 
 
 def tiny_params(repo_root: Path, target: Path, **train_changes) -> Path:
-    params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    params["train"].update({"epochs": 1, "batch_size": 64, "warmup_epochs": 0,
-                            "max_train_images": 1024, **train_changes})
+    params = small_params(**train_changes)
     target.write_text(yaml.safe_dump(params, sort_keys=False))
     return target
 
@@ -67,8 +66,8 @@ def test_short_training_logs_a_complete_run(project, prepared_dir, repo_root):
     assert train_stage.main(stage_args(params, prepared_dir, project)) == 0
 
     receipt = json.loads((project / "reports/mlflow_run.json").read_text())
-    assert receipt["tracking_uri"] == f"sqlite:///{project.resolve() / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=receipt["tracking_uri"])
+    assert receipt["tracking_uri"] is None  # the project's own store: no absolute path recorded
+    client = MlflowClient(tracking_uri=f"sqlite:///{project.resolve() / 'mlflow.db'}")
     run = client.get_run(receipt["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lr"] == "0.002"
@@ -79,8 +78,8 @@ def test_short_training_logs_a_complete_run(project, prepared_dir, repo_root):
     assert run.data.tags["dvc.exp_name"] == "test-exp"
     assert len(run.data.tags["git.commit"]) == 40 and run.data.tags["git.dirty"] in ("true", "false")
     digests = {entry.dataset.name: entry.dataset.digest for entry in run.inputs.dataset_inputs}
-    assert digests == {"fer2013-train": md5_file(prepared_dir / "train.npz"),
-                       "fer2013-public-test": md5_file(prepared_dir / "public_test.npz")}
+    assert digests == {"fer2013-train": file_digest(prepared_dir / "train.npz", "md5"),
+                       "fer2013-public-test": file_digest(prepared_dir / "public_test.npz", "md5")}
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "pipeline")}
     assert "pipeline/params.yaml" in artifacts
 
@@ -89,6 +88,7 @@ def test_short_training_logs_a_complete_run(project, prepared_dir, repo_root):
 
     local_model = mlflow.artifacts.download_artifacts(receipt["model_uri"])
     logged = Model.load(local_model)
+    assert logged.metadata["classes"][:2] == ["angry", "disgust"]  # the model knows its labels
     assert list(logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 48, 48, 1]
     example = logged.load_input_example(local_model)
     assert example.shape == (2, 48, 48, 1) and example.dtype == np.float32 and example.max() > 1
@@ -103,6 +103,8 @@ def test_short_training_logs_a_complete_run(project, prepared_dir, repo_root):
     import keras
 
     local = keras.saving.load_model(project / "models/model.keras")
+    assert load_class_names(project / "models/model.keras") == tuple(small_params()["base"]["classes"])
+    assert not list((project / "models").glob(".*")), "scratch or temporary files left beside the model"
     np.testing.assert_allclose(local.predict(faces, verbose=0), probabilities, atol=1e-6)
     report = json.loads((project / "reports/train.json").read_text())
     assert report["epochs_run"] == 1 and report["mlflow_run_id"] == receipt["run_id"]
@@ -112,7 +114,7 @@ def test_short_training_logs_a_complete_run(project, prepared_dir, repo_root):
 def test_bad_params_fail_before_anything_is_written(project, prepared_dir, repo_root, caplog):
     params = tiny_params(repo_root, project / "params.yaml", optimizer="rmsprop")
     assert train_stage.main(stage_args(params, prepared_dir, project)) == 1
-    assert "train.optimizer: expected one of adam, adamw, sgd, got 'rmsprop'" in caplog.text
+    assert "train.optimizer: Input should be 'adam', 'adamw' or 'sgd'; got 'rmsprop'" in caplog.text
     assert not (project / "mlflow.db").exists() and not (project / "models").exists()
 
 

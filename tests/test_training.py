@@ -1,32 +1,52 @@
 import numpy as np
 import pytest
 
+from ferops.config import build
 from ferops.errors import ParamsError
 from ferops.io import load_arrays
-from ferops.models import ARCHITECTURES, Augmentation, build_model, space_to_depth
+from ferops.models import ARCHITECTURES, Augmentation, ModelConfig, build_model, space_to_depth
 from ferops.training import TrainConfig, make_optimizer, one_cycle_rate, subsample, train
-
-MODEL = {"arch": "mini_xception"}
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"optimizer": "rmsprop"}, "train.optimizer: expected one of adam, adamw, sgd, got 'rmsprop'"),
-    ({"lr": -0.001}, "train.lr: expected a number > 0, got -0.001"),
-    ({"batch_size": 0}, "train.batch_size: expected an integer > 0, got 0"),
-    ({"schedule": "step"}, "train.schedule: expected one of cosine, onecycle, plateau, constant"),
-    ({"decay_norm_and_bias": "no"}, "train.decay_norm_and_bias: expected true or false, got 'no'"),
-    ({"epochs": 10, "warmup_epochs": 10}, "train.warmup_epochs: expected a number >= 0 and below"),
-    ({"learning_rate": 0.1}, r"train: unknown key\(s\) \['learning_rate'\]"),
-    ({"augment": {"rotation": 2}}, r"train.augment.rotation: expected a number in \[0, 1\)"),
+    ({"optimizer": "rmsprop"}, "train.optimizer: Input should be 'adam', 'adamw' or 'sgd'; got 'rmsprop'"),
+    ({"lr": -0.001}, "train.lr: Input should be greater than 0; got -0.001"),
+    ({"batch_size": 0}, "train.batch_size: Input should be greater than 0; got 0"),
+    ({"epochs": 2.5}, "train.epochs: Input should be a valid integer"),
+    ({"schedule": "step"}, "train.schedule: Input should be 'cosine', 'onecycle', 'plateau' or 'constant'"),
+    ({"decay_norm_and_bias": "no way"}, "train.decay_norm_and_bias: Input should be a valid boolean"),
+    ({"warmup_fraction": 1.0}, "train.warmup_fraction: Input should be less than 1"),
+    ({"learning_rate": 0.1}, "train.learning_rate: unknown key; known keys here: augment, batch_size, "),
+    ({"augment": {"rotation": 2}}, "train.augment.rotation: Input should be less than 1; got 2"),
+    ({"augment": {"flipp": True}}, "train.augment.flipp: unknown key; known keys here: contrast, erasing, "),
+    ({"max_train_images": 10}, r"train: max_train_images \(10\) must be null or at least batch_size \(128\)"),
 ])
 def test_bad_params_fail_before_training(change, message):
     with pytest.raises(ParamsError, match=message):
-        TrainConfig.from_params(MODEL, change, seed=0)
+        build(TrainConfig, change, "train")
+
+
+def test_yaml_scalars_are_read_as_numbers_and_configs_are_frozen():
+    # PyYAML reads 1e-4 (no dot) as a string; `dvc exp run -S train.lr=1e-4` writes just that.
+    config = build(TrainConfig, {"lr": "1e-4", "epochs": 3}, "train")
+    assert config.lr == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="frozen"):
+        config.lr = 0.1
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 18, 100])
+def test_any_epoch_count_has_a_valid_warm_up(epochs):
+    # The warm-up is a share of the schedule: `dvc exp run -S train.epochs=1` just works.
+    config = build(TrainConfig, {"epochs": epochs, "warmup_fraction": 0.15, "schedule": "onecycle"}, "train")
+    steps = config.warmup_steps(steps_per_epoch=229)
+    assert 0 < steps < epochs * 229
+    assert steps == round(0.15 * epochs * 229)
 
 
 def test_unknown_architecture_lists_the_choices():
-    with pytest.raises(ParamsError, match="model.arch: .*mini_xception, resnet, resnet_s2d, seed_cnn, vgg"):
-        TrainConfig.from_params({"arch": "alexnet"}, {}, seed=0)
+    with pytest.raises(ParamsError, match="model.arch: architecture 'alexnet' is not one of: mini_xception, "
+                                          "resnet, resnet_s2d, seed_cnn, vgg"):
+        build(ModelConfig, {"arch": "alexnet"}, "model")
     with pytest.raises(ParamsError, match="unknown architecture 'alexnet'"):
         build_model("alexnet")
 
@@ -72,7 +92,7 @@ def test_weight_decay_can_spare_batchnorm_and_biases(decay_norm_and_bias):
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Dense(2)(inputs)))
     config = TrainConfig(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.5, schedule="constant",
-                         warmup_epochs=0, decay_norm_and_bias=decay_norm_and_bias)
+                         warmup_fraction=0, decay_norm_and_bias=decay_norm_and_bias)
     optimizer = make_optimizer(config, steps_per_epoch=1)
     for variable in model.trainable_variables:
         variable.assign(np.ones(variable.shape, dtype=np.float32))
@@ -114,10 +134,11 @@ def test_models_take_raw_pixels_and_output_probabilities(faces):
 
 def _short_run(prepared_dir, tmp_path, seed, images=512):
     # onecycle over 8 steps of 64: the rate of the last step is 0.01 * (1 - 7/8).
-    config = TrainConfig(epochs=1, batch_size=64, lr=0.01, schedule="onecycle", warmup_epochs=0,
-                         max_train_images=images, seed=seed)
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.01, schedule="onecycle", warmup_fraction=0,
+                         max_train_images=images)
     return train(config, load_arrays(prepared_dir / "train.npz"),
-                 load_arrays(prepared_dir / "public_test.npz"), n_classes=7, image_size=48,
+                 load_arrays(prepared_dir / "public_test.npz"), arch="mini_xception", seed=seed,
+                 n_classes=7, image_size=48,
                  checkpoint=tmp_path / f"best-{seed}.keras")
 
 
@@ -139,9 +160,9 @@ def test_separable_net_trains_a_full_epoch_on_the_full_training_split(prepared_d
     # not divide by 128. mini_xception is the net that crashed, and 3x cheaper than the default.
     train_arrays = load_arrays(prepared_dir / "train.npz")
     assert len(train_arrays["label"]) % 128 != 0
-    config = TrainConfig(arch="mini_xception", epochs=1, batch_size=128, warmup_epochs=0)
-    result = train(config, train_arrays, load_arrays(prepared_dir / "public_test.npz"), n_classes=7,
-                   image_size=48, checkpoint=tmp_path / "best.keras")
+    config = TrainConfig(epochs=1, batch_size=128, warmup_fraction=0)
+    result = train(config, train_arrays, load_arrays(prepared_dir / "public_test.npz"), arch="mini_xception",
+                   seed=42, n_classes=7, image_size=48, checkpoint=tmp_path / "best.keras")
     assert result.epochs_run == 1
     assert np.isfinite(result.history["loss"][0])
     # It learnt something in one pass (chance is 1/7; validation accuracy after a single epoch

@@ -1,6 +1,8 @@
+import copy
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -9,10 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from pydantic import ValidationError
 from stages import validate as validate_stage
 
+from ferops import cleaning
 from ferops.errors import ParamsError
-from ferops.validate import ValidateConfig, pixel_stats
+from ferops.validate import fer2013_rows, read_csvs, validate_config
 
 # Data rows (0-based, header not counted) that the bad-input tests alter.
 BAD_ROW = 3
@@ -78,37 +82,116 @@ def assert_failed_cleanly(code, tmp_path, previous):
 # ---------------------------------------------------------------------------------- fast tests
 
 
-def test_pixel_stats_counts_values_and_exact_std():
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, 16), np.full(16, 7), np.r_[np.full(12, 100), np.full(4, 104)]]
-    texts = pd.Series([" ".join(map(str, image)) for image in images] + ["", "0 255"])
-    counts, stds = pixel_stats(texts, values_per_image=16)
-    assert counts.tolist() == [16, 16, 16, 0, 2]
-    np.testing.assert_allclose(stds[:3], [image.std() for image in images], rtol=1e-6)
-    assert stds[1] == 0.0
-    assert np.isnan(stds[3]) and np.isnan(stds[4])  # empty / wrong count: no std
+@pytest.fixture(scope="module")
+def params(repo_root):
+    return yaml.safe_load((repo_root / "params.yaml").read_text())
 
 
-def test_pixel_stats_leaves_malformed_rows_to_the_format_checks():
-    counts, stds = pixel_stats(pd.Series(["1 2 x 4", "7 9 9 9", "1 -1 3 4", "1 2 300 4"]),
-                               values_per_image=4)
-    assert counts.tolist() == [4, 4, 4, 4]
-    assert np.isnan(stds[[0, 2, 3]]).all()
-    assert stds[1] == pytest.approx(np.std([7, 9, 9, 9]))
+def build(params, edit=None):
+    section = copy.deepcopy(params["validate"])
+    if edit:
+        edit(section)
+    return validate_config(section, params["base"]["classes"], params["base"]["image_size"])
 
 
-def test_config_from_params(repo_root):
-    params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    config = ValidateConfig.from_params(params["validate"], params["base"])
-    assert config.split_rows == {"Training": 28709, "PublicTest": 3589, "PrivateTest": 3589}
-    assert config.class_share["disgust"] == (0.01, 0.03)
+def test_config_from_params(params):
+    settings = build(params)
+    fer = settings.params.fer2013
+    assert fer.rows == {"Training": 28709, "PublicTest": 3589, "PrivateTest": 3589}
+    assert fer.class_share["disgust"] == (0.01, 0.03)
+    assert settings.params.ckplus.files == 981 and settings.params.sample_size == 5
+    assert settings.classes[1] == "disgust" and settings.image_size == 48
+    with pytest.raises(ValidationError):  # frozen: a run cannot change its own settings
+        fer.blank_std_max = 3.0
 
-    params["validate"]["fer2013"]["class_share"]["contempt"] = [0.0, 0.1]
-    with pytest.raises(ParamsError, match="unknown classes"):
-        ValidateConfig.from_params(params["validate"], params["base"])
-    del params["validate"]["jaffe"]
-    with pytest.raises(ParamsError, match="jaffe"):
-        ValidateConfig.from_params(params["validate"], params["base"])
+
+@pytest.mark.parametrize(("where", "key", "known"), [
+    ((), "sampel_size", "ckplus, fer2013, jaffe, sample_size"),
+    (("fer2013",), "row_tolerence", "blank_std_max, class_share, row_tolerance, rows"),
+    (("ckplus",), "file", "classes, files, image_size"),
+    (("jaffe",), "size", "files, image_size"),
+])
+def test_unknown_key_is_named_with_the_known_keys(params, where, key, known):
+    def edit(section):
+        for part in where:
+            section = section[part]
+        section[key] = 1
+
+    dotted = ".".join(["validate", *where, key])
+    with pytest.raises(ParamsError, match=re.escape(f"{dotted}: unknown key; known keys here: {known}")):
+        build(params, edit)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda s: s["fer2013"].update(row_tolerance=1.5), "validate.fer2013.row_tolerance: .*less than 1"),
+    (lambda s: s["fer2013"].update(blank_std_max=-1), "validate.fer2013.blank_std_max: .*greater than"),
+    (lambda s: s["jaffe"].update(files="many"), "validate.jaffe.files: .*valid integer"),
+    (lambda s: s["ckplus"].update(image_size=0), "validate.ckplus.image_size: .*greater than 0"),
+    (lambda s: s.update(sample_size=0), "validate.sample_size: .*greater than or equal to 1"),
+    (lambda s: s.pop("jaffe"), "validate.jaffe: missing"),
+    (lambda s: s["fer2013"]["rows"].pop("PrivateTest"),
+     "validate.fer2013.rows: expected a row count for every split .* missing PrivateTest"),
+    (lambda s: s["fer2013"]["rows"].update(Validation=10), "validate.fer2013.rows.Validation"),
+    (lambda s: s["fer2013"]["class_share"].update(angry=[0.3, 0.1]),
+     r"validate.fer2013.class_share.angry: expected \[min, max\] with min <= max"),
+    (lambda s: s["fer2013"]["class_share"].update(angry=[0.1, 1.5]),
+     "validate.fer2013.class_share.angry.1: .*less than or equal to 1"),
+])
+def test_wrong_type_or_range_is_named(params, edit, message):
+    with pytest.raises(ParamsError, match=message):
+        build(params, edit)
+
+
+def test_class_share_must_name_base_classes(params):
+    edit = lambda s: s["fer2013"]["class_share"].update(contempt=[0.0, 0.1])  # noqa: E731
+    with pytest.raises(ParamsError, match=r"validate.fer2013.class_share: unknown class\(es\) "
+                                          r"contempt; the classes \(base.classes\) are: angry, "):
+        build(params, edit)
+
+
+# Real rows (0-based data rows of fer2013.csv) whose facts SOURCES.md and the full run establish.
+PICKS = [157, 304, 675, 28448, 28725, 28791, 6458, 2171]
+
+
+@pytest.fixture(scope="module")
+def fer2013_text(raw_dir):
+    fer, _ = read_csvs(raw_dir)
+    return fer
+
+
+def test_fer2013_rows_on_real_rows_and_a_malformed_one(fer2013_text):
+    frame = fer2013_text.iloc[PICKS].reset_index(drop=True)
+    # A copy of row 304 that lost its last pixel: reported, not parsed, not a duplicate.
+    broken = frame.iloc[[1]].assign(pixels=frame["pixels"][1].rsplit(" ", 1)[0])
+    frame = pd.concat([frame, broken], ignore_index=True)
+    rows = fer2013_rows(frame, image_size=48, n_classes=7)
+
+    assert rows["pixel_count"].tolist() == [2304] * 8 + [2303]
+    assert rows["pixel_std"][6] == 0.0  # row 6458 is a constant image
+    assert rows["pixel_std"][7] == pytest.approx(0.637561, abs=1e-6)  # 2171: near-blank
+    assert np.isnan(rows["pixel_std"][8])
+    assert rows["duplicate_of"].tolist() == [pd.NA, pd.NA, 1, pd.NA, 3, 0, pd.NA, pd.NA, pd.NA]
+    # 157 (Training, angry) and 28791 (PublicTest, disgust) are the same image.
+    assert rows["duplicate_labels"].fillna("").tolist() == ["0,1", "", "", "", "", "0,1", "", "",
+                                                            ""]
+    assert rows["training_twin"].tolist() == [pd.NA] * 4 + [3, 0] + [pd.NA] * 3
+
+
+@pytest.mark.slow
+def test_fer2013_rows_agree_with_the_prepare_rules(fer2013_text, raw_dir):
+    """Validation and preparation count the same duplicates, conflicts and leaks."""
+    from ferops.fer2013 import read_fer2013
+
+    rows = fer2013_rows(fer2013_text, image_size=48, n_classes=7)
+    fer = read_fer2013(raw_dir / "fer2013.csv")
+    duplicates = cleaning.find_duplicates(fer.images)
+    training = fer.usage == 0
+    assert rows["duplicate_of"].notna().sum() == duplicates.summary()["redundant_rows"] == 1853
+    conflicts = cleaning.conflicting_duplicates_mask(duplicates, fer.label)
+    assert (rows["duplicate_labels"].notna().to_numpy() == conflicts).all()
+    leaks = cleaning.exact_twins_mask(duplicates, training, ~training) & ~training
+    assert (rows["training_twin"].notna().to_numpy() == leaks).all() and leaks.sum() == 568
+    assert (rows["pixel_std"].to_numpy() < 2.0).sum() == cleaning.blank_mask(fer.images, 2.0).sum()
 
 
 # ---------------------------------------------------------------------- the real data (slow)
@@ -130,7 +213,12 @@ def test_real_data_validates_with_expected_warnings(good_run):
     assert datasets["fer2013"]["warnings"]["blank_images"] == 13
     assert datasets["fer2013"]["warnings"]["duplicate_pixels"] == 1853
     assert datasets["fer2013"]["warnings"]["test_rows_in_training"] == 568
+    # 57 groups of identical images disagree on the label: 160 rows.
+    assert datasets["fer2013"]["warnings"]["duplicate_label_conflicts"] == 160
     assert datasets["ferplus"]["warnings"]["empty_image_name"] == 173
+    # 4 names occur twice; row 10435 has 9 votes, not 10.
+    assert datasets["ferplus"]["warnings"]["duplicate_image_name"] == 8
+    assert datasets["ferplus"]["warnings"]["vote_total"] == 1
     assert datasets["jaffe"]["warnings"]["grayscale"] == 23
     assert datasets["ckplus"]["warnings"] == {}
     assert summary["warning_count"] == sum(len(d["warnings"]) for d in datasets.values())
@@ -141,6 +229,9 @@ def test_real_data_validates_with_expected_warnings(good_run):
     assert constant["severity"] == "warning" and constant["success"] is False
     assert constant["column"] == "pixel_std" and constant["unexpected_values"] == [0.0] * 5
     assert len(constant["unexpected_rows"]) == 5
+    assert entries[("ferplus_rows", "vote_total")]["unexpected_rows"] == [10435]
+    assert entries[("ferplus", "row_count")]["success"] is True
+    assert "expected_value" not in entries[("ferplus", "row_count")]  # only on failure
     pixels = entries[("fer2013", "pixels_format")]
     assert pixels["severity"] == "critical" and pixels["success"] is True
     assert pixels["expectation"] == "expect_column_values_to_match_regex"
@@ -225,3 +316,27 @@ def test_jaffe_image_of_wrong_size_fails(raw_dir, tmp_path, repo_root, previous_
     for check in ("width", "height"):
         line = next(r.message for r in caplog.records if f"jaffe.{check} " in r.message)
         assert "jaffe/KL.HA1.158.tiff" in line and "[128]" in line
+
+
+@pytest.mark.slow
+def test_ferplus_row_count_names_the_expected_count(raw_dir, tmp_path, repo_root,
+                                                    previous_outputs, caplog):
+    raw = link_raw(raw_dir, tmp_path / "raw", skip={"fer2013new.csv"})
+    lines = (raw_dir / "fer2013new.csv").read_bytes().splitlines(keepends=True)
+    (raw / "fer2013new.csv").write_bytes(b"".join(lines[:-1]))  # drop the last data row
+    code, _, _ = run_stage(raw, tmp_path / "out", repo_root)
+    assert_failed_cleanly(code, tmp_path, previous_outputs)
+    line = next(r.message for r in caplog.records if "ferplus.row_count" in r.message)
+    assert "observed: 35886 (expected 35887)" in line
+
+
+def test_stage_refuses_a_misspelt_key_before_reading_data(tmp_path, repo_root, caplog):
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["validate"]["fer2013"]["row_tolerence"] = 0.1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    code = validate_stage.main(["--params", str(tmp_path / "params.yaml"), "--raw",
+                                str(tmp_path / "no-raw-data"), "--docs", str(tmp_path / "docs"),
+                                "--summary", str(tmp_path / "validation.json")])
+    assert code != 0
+    assert "validate.fer2013.row_tolerence: unknown key" in caplog.text
+    assert not (tmp_path / "docs").exists() and not (tmp_path / "validation.json").exists()

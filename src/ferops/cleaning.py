@@ -66,10 +66,41 @@ def find_duplicates(images: np.ndarray) -> Duplicates:
     return Duplicates(group=inverse, size=counts[inverse].astype(np.int32))
 
 
+def first_in_group(duplicates: Duplicates, member: np.ndarray | None = None) -> np.ndarray:
+    """For every image, the first image of its duplicate group that is in ``member``.
+
+    Args:
+        duplicates: Output of :func:`find_duplicates`.
+        member: Bool per image: which images may be named (None: all of them).
+
+    Returns:
+        int64 position per image (the image itself when it is the first), -1 when no image of
+        its group is in ``member``.
+    """
+    positions = np.arange(len(duplicates.group)) if member is None else np.flatnonzero(member)
+    n_groups = int(duplicates.group.max()) + 1 if len(duplicates.group) else 0
+    first = np.full(n_groups, -1, dtype=np.int64)
+    # positions are ascending, so np.unique's first occurrence is the earliest image.
+    groups, at = np.unique(duplicates.group[positions], return_index=True)
+    first[groups] = positions[at]
+    return first[duplicates.group]
+
+
+def pixel_std(images: np.ndarray) -> np.ndarray:
+    """The standard deviation of each image's pixels (float32, as the blank rule measures it).
+
+    Args:
+        images: uint8 array of shape (n, height, width).
+
+    Returns:
+        float32 array of length n.
+    """
+    return images.reshape(len(images), -1).astype(np.float32).std(axis=1)
+
+
 def blank_mask(images: np.ndarray, std_max: float) -> np.ndarray:
     """Flag constant or near-blank images (pixel standard deviation below ``std_max``)."""
-    flat = images.reshape(len(images), -1).astype(np.float32)
-    return flat.std(axis=1) < std_max
+    return pixel_std(images) < std_max
 
 
 def conflicting_duplicates_mask(duplicates: Duplicates, label: np.ndarray) -> np.ndarray:

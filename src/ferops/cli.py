@@ -59,21 +59,6 @@ def describe_arrays(arrays: dict[str, np.ndarray]) -> list[str]:
     return lines
 
 
-def sample_gallery(arrays: dict[str, np.ndarray], per_class: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Pick up to ``per_class`` random images of each class (seeded) with captions."""
-    rng = np.random.default_rng(seed)
-    label = arrays["label"]
-    classes = arrays["classes"].tolist() if "classes" in arrays else []
-    picks, titles = [], []
-    for index in np.unique(label[label >= 0]):
-        rows = np.flatnonzero(label == index)
-        chosen = np.sort(rng.choice(rows, size=min(per_class, len(rows)), replace=False))
-        picks.extend(chosen)
-        name = classes[index] if index < len(classes) else str(index)
-        titles.extend(f"{name} #{row}" for row in chosen)
-    return arrays["images"][np.asarray(picks, dtype=int)], titles
-
-
 def _inspect(args: argparse.Namespace) -> None:
     arrays = load_arrays(args.path)
     sys.stdout.write("\n".join([str(args.path), *describe_arrays(arrays)]) + "\n")
@@ -82,20 +67,32 @@ def _inspect(args: argparse.Namespace) -> None:
 
         if "images" not in arrays or "label" not in arrays:
             raise FeropsError(f"{args.path}: has no 'images' and 'label' arrays to draw")
-        images, titles = sample_gallery(arrays, args.per_class, args.seed)
-        image_grid(images, titles, args.gallery, columns=args.per_class,
+        from ferops.evaluation import sample_per_class
+
+        label = arrays["label"]
+        classes = arrays["classes"].tolist() if "classes" in arrays else []
+        # Unlabelled rows (label -1) are not drawn.
+        labelled = np.flatnonzero(label >= 0)
+        rows = labelled[sample_per_class(label[labelled], args.per_class, args.seed)]
+        names = [classes[label[row]] if label[row] < len(classes) else str(label[row]) for row in rows]
+        titles = [f"{name} #{row}" for name, row in zip(names, rows, strict=True)]
+        image_grid(arrays["images"][rows], titles, args.gallery, columns=args.per_class,
                    title=f"{Path(args.path).name}: {args.per_class} random images per class")
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from ferops.registry import Gate, promote
-    from ferops.runtime import read_params
+    from ferops.config import BaseConfig
+    from ferops.inference import require_store
+    from ferops.registry import Gate, RegistryConfig, promote
+    from ferops.runtime import read_configs
 
-    sections = read_params(args.params, "base", "registry", "promote")
+    configs = read_configs(args.params, base=BaseConfig, registry=RegistryConfig, promote=Gate)
     uri = _store_uri(args.tracking_uri, Path(args.params).resolve().parent)
-    name = args.name or sections["registry"]["name"]
-    result = promote(uri, name, Gate.from_params(sections["promote"]), list(sections["base"]["classes"]),
-                     candidate_alias=args.candidate or sections["registry"]["alias"],
+    # Promoting reads (and may write to) an existing store; it never creates one.
+    require_store(uri)
+    name = args.name or configs["registry"].name
+    result = promote(uri, name, configs["promote"], list(configs["base"].classes),
+                     candidate_alias=args.candidate or configs["registry"].alias,
                      version=args.version, dry_run=args.dry_run, force=args.force, reason=args.reason)
     lines = [f"{name}: candidate version {result.candidate}, champion "
              f"{'version ' + str(result.champion) if result.champion else '(none yet)'}"]
@@ -139,10 +136,10 @@ def _model_tracking_uri(args: argparse.Namespace) -> str | None:
     return _store_uri(args.tracking_uri, Path.cwd())
 
 
-def _predictor(args: argparse.Namespace):  # -> ferops.predict.Predictor
+def _predictor(args: argparse.Namespace):  # -> ferops.predictor.Predictor
     from ferops.faces import FaceDetector
     from ferops.inference import load_classifier
-    from ferops.predict import Predictor
+    from ferops.predictor import Predictor
 
     if args.max_faces is not None and args.max_faces < 1:
         raise FeropsError(f"--max-faces must be >= 1, got {args.max_faces}")
@@ -153,16 +150,19 @@ def _predictor(args: argparse.Namespace):  # -> ferops.predict.Predictor
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ferops.predict import predict_camera, run_inputs, write_results
+    from ferops.media import check_max_pixels
+    from ferops.output import write_results
+    from ferops.predict import predict_camera, run_inputs
 
     if not args.inputs and args.camera is None:
         raise FeropsError("nothing to do: give image/video files or folders, or --camera INDEX")
     if args.every < 1:
         raise FeropsError(f"--every must be >= 1, got {args.every}")
+    max_pixels = check_max_pixels(args.max_pixels)
     fmt = args.format or ("csv" if args.output and args.output.suffix.lower() == ".csv" else "json")
     predictor = _predictor(args)
     results = run_inputs(args.inputs, predictor, annotate_dir=args.annotate, every=args.every,
-                         max_frames=args.max_frames, progress=not args.no_progress)
+                         max_frames=args.max_frames, progress=not args.no_progress, max_pixels=max_pixels)
     if args.camera is not None:
         target = args.annotate / f"camera{args.camera}.mp4" if args.annotate else None
         results.append(predict_camera(args.camera, predictor, headless=args.headless, annotate_to=target,
@@ -179,11 +179,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from ferops.media import check_max_pixels
     from ferops.serve import serve
 
     if args.max_upload_mb <= 0:
         raise FeropsError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
-    serve(_predictor(args), host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    max_pixels = check_max_pixels(args.max_pixels)
+    serve(_predictor(args), host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
+          max_pixels=max_pixels)
     return 0
 
 
@@ -195,7 +198,9 @@ def _export(args: argparse.Namespace) -> int:
     if not isinstance(classifier, KerasClassifier):
         raise ExportError(f"{args.model}: already an ONNX model; --model must be a Keras model "
                           "(.keras file, MLflow model or registry reference)")
-    output = export_onnx(classifier.model, args.output, opset=args.opset)
+    # The names go into the ONNX file only when the model carried them (not the assumed FER2013 order).
+    output = export_onnx(classifier.model, args.output, opset=args.opset,
+                         classes=None if classifier.classes_assumed else classifier.classes)
     if args.verify:
         # Random pixels exercise every layer; the parity on real faces is checked by the tests.
         pixels = np.random.default_rng(0).uniform(0, 255, (32, 48, 48, 1)).astype(np.float32)
@@ -229,6 +234,15 @@ def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smallest face side to detect, in pixels (default 30)")
     parser.add_argument("--max-faces", type=int, metavar="N", help="keep only the N largest faces per image")
     parser.add_argument("--batch-size", type=int, default=64, help="faces per model call (default 64)")
+
+
+def _add_max_pixels_argument(parser: argparse.ArgumentParser, refused: str) -> None:
+    from ferops.media import DEFAULT_MAX_PIXELS
+
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help=f"largest image (width x height) accepted, read from the image header before "
+                             f"decoding; larger images {refused} (default {DEFAULT_MAX_PIXELS:,}, "
+                             f"{DEFAULT_MAX_PIXELS / 1e6:g} megapixels)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Inputs are image files, folders (walked recursively; files with image or video suffixes), "
         "video files and, with --camera, a webcam. Results (per face: source, frame, box, expression, "
         "all class probabilities) go to stdout as JSON, or to --output as JSON or CSV; --annotate "
-        "writes copies with boxes and labels drawn. Unreadable files are reported and skipped.",
+        "writes copies with boxes and labels drawn. Unreadable, empty and too large files (above "
+        "--max-pixels) are reported and skipped.",
         epilog="exit status: 0 all inputs processed, 4 some inputs failed (the rest were processed), "
         "1 error\n\n"
         "examples:\n"
@@ -322,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--headless", action="store_true",
                          help="webcam without a window (automatic when there is no display)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_max_pixels_argument(predict, "(and videos with larger frames) are reported and skipped")
     _add_model_arguments(predict)
     _add_detector_arguments(predict)
     predict.set_defaults(handler=_predict)
@@ -332,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load the model once and serve it over HTTP. POST /predict takes a multipart "
         "image upload (field 'file') and returns each face's box, expression and probabilities as "
         "JSON; GET /health says which model is loaded; GET / is a web page to try a photo or the "
-        "webcam. Binds 127.0.0.1 (this machine only) unless --host says otherwise.",
+        "webcam. Binds 127.0.0.1 (this machine only) unless --host says otherwise. Uploads above "
+        "--max-upload-mb MiB or --max-pixels pixels get 413.",
         epilog="examples:\n"
         "  ferops serve                                       champion model on http://127.0.0.1:8000/\n"
         "  ferops serve --model model.onnx --port 8080\n"
@@ -342,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     serve.add_argument("--max-upload-mb", type=float, default=10.0,
                        help="largest accepted image in MiB; larger uploads get 413 (default 10)")
+    _add_max_pixels_argument(serve, "get 413")
     _add_model_arguments(serve)
     _add_detector_arguments(serve)
     serve.set_defaults(handler=_serve)

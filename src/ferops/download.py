@@ -17,43 +17,69 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ferops.errors import DataError, ParamsError
-from ferops.io import sha256_file
+from pydantic import Field, field_validator
+
+from ferops.config import Section
+from ferops.errors import DataError
+from ferops.io import file_digest
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _PROGRESS_STEP = 0.1
+_SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One dataset file as declared in params.yaml.
+class Origin(Section):
+    """A dataset's public origin: a URL, or a Kaggle dataset (and file) fetched with kagglehub."""
+
+    url: str | None = None
+    kaggle_dataset: str | None = None
+    kaggle_file: str | None = None
+
+
+class DatasetSpec(Section):
+    """One dataset file as declared in params.yaml (``download.datasets.<name>``).
 
     Attributes:
-        name: Short name (``fer2013``, ``ferplus``, ``ckplus``, ``jaffe``).
+        name: Short name (``fer2013``, ``ferplus``, ``ckplus``, ``jaffe``): the mapping key.
         file: File name to look for (e.g. ``fer2013.csv.gz``).
         sha256: Expected sha256 of ``file``.
         output: Name of the output under the raw-data directory (a file, or a directory for zips).
         plain_file: An uncompressed alternative to a ``.gz`` file (optional).
         plain_sha256: Expected sha256 of ``plain_file`` (and of ``file`` once decompressed).
-        origin: Public origin: ``{"url": ...}`` or ``{"kaggle_dataset": ..., "kaggle_file": ...}``.
+        origin: Public origin (None: only mirrors).
         how_to_get: What to tell the user when the file cannot be found anywhere.
     """
 
     name: str
-    file: str
-    sha256: str
-    output: str
+    file: str = Field(min_length=1)
+    sha256: str = Field(pattern=_SHA256_PATTERN)
+    output: str = Field(min_length=1)
     plain_file: str | None = None
-    plain_sha256: str | None = None
-    origin: dict[str, str] = field(default_factory=dict)
+    plain_sha256: str | None = Field(None, pattern=_SHA256_PATTERN)
+    origin: Origin = Origin()
     how_to_get: str = ""
+
+    @field_validator("sha256", "plain_sha256")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
+
+    @field_validator("origin", mode="before")
+    @classmethod
+    def _no_origin(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("how_to_get")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
 
     @property
     def kind(self) -> str:
@@ -89,49 +115,36 @@ class Location:
         return f"{Path(self.address) / file} ({self.label})"
 
 
-_SHA256_LENGTH = 64
+class DownloadConfig(Section):
+    """The ``download`` params section.
 
-
-def parse_specs(datasets: dict[str, dict[str, Any]]) -> list[DatasetSpec]:
-    """Build dataset specs from the ``download.datasets`` params mapping.
-
-    Args:
-        datasets: Name to a mapping with ``file``, ``sha256``, ``output`` and optional fields.
-
-    Returns:
-        The specs, in the mapping's order.
-
-    Raises:
-        ParamsError: A required field is missing or a checksum is not 64 hex digits.
+    Attributes:
+        mirror: Directory or http(s) URL to look in first (``FEROPS_DATA_MIRROR`` overrides it).
+        datasets: Dataset name to its declaration.
     """
-    specs = []
-    for name, entry in datasets.items():
-        where = f"download.datasets.{name}"
-        if not isinstance(entry, dict):
-            raise ParamsError(f"{where}: expected a mapping, got {entry!r}")
-        for key in ("file", "sha256", "output"):
-            if not entry.get(key):
-                raise ParamsError(f"{where}.{key}: missing")
-        for key in ("sha256", "plain_sha256"):
-            value = entry.get(key)
-            if value is not None and (
-                len(str(value)) != _SHA256_LENGTH
-                or any(c not in "0123456789abcdef" for c in str(value).lower())
-            ):
-                raise ParamsError(f"{where}.{key}: expected 64 hex digits, got {value!r}")
-        specs.append(
-            DatasetSpec(
-                name=name,
-                file=str(entry["file"]),
-                sha256=str(entry["sha256"]).lower(),
-                output=str(entry["output"]),
-                plain_file=entry.get("plain_file"),
-                plain_sha256=(entry.get("plain_sha256") or None) and str(entry["plain_sha256"]).lower(),
-                origin=dict(entry.get("origin") or {}),
-                how_to_get=str(entry.get("how_to_get") or "").strip(),
-            )
-        )
-    return specs
+
+    mirror: str | None = None
+    datasets: dict[str, DatasetSpec] = Field(min_length=1)
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _name_datasets(cls, value: Any) -> Any:
+        # The dataset's name is its key; a `name:` written inside an entry would be ignored.
+        if not isinstance(value, Mapping):
+            return value
+        named = {}
+        for name, entry in value.items():
+            if isinstance(entry, Mapping):
+                if "name" in entry:
+                    raise ValueError(f"{name}.name: not a params key (a dataset is named by its key)")
+                entry = {**entry, "name": str(name)}
+            named[name] = entry
+        return named
+
+    @property
+    def specs(self) -> list[DatasetSpec]:
+        """The datasets, in the order params.yaml lists them."""
+        return list(self.datasets.values())
 
 
 def mirror_locations(env_mirror: str | None, params_mirror: str | None, root: Path) -> list[Location]:
@@ -225,7 +238,7 @@ def _diagnose(path: Path) -> str:
 
 
 def _verify(path: Path, expected: str, source: str) -> None:
-    actual = sha256_file(path)
+    actual = file_digest(path)
     if actual != expected:
         raise DataError(
             f"{source}: sha256 mismatch: expected {expected}, got {actual} "
@@ -276,22 +289,22 @@ def acquire(spec: DatasetSpec, locations: Sequence[Location], workdir: Path) -> 
             _verify(target, expected, where)
             return target, where
     origin = spec.origin
-    if origin.get("url"):
+    if origin.url:
         target = workdir / spec.file
-        looked.append(f"{origin['url']} (public origin)")
-        logger.info("%s: downloading from its public origin %s", spec.name, origin["url"])
-        if _fetch_url(origin["url"], target):
-            _verify(target, spec.sha256, origin["url"])
-            return target, origin["url"]
-    elif origin.get("kaggle_dataset"):
-        file = origin.get("kaggle_file") or spec.plain_file or spec.file
+        looked.append(f"{origin.url} (public origin)")
+        logger.info("%s: downloading from its public origin %s", spec.name, origin.url)
+        if _fetch_url(origin.url, target):
+            _verify(target, spec.sha256, origin.url)
+            return target, origin.url
+    elif origin.kaggle_dataset:
+        file = origin.kaggle_file or spec.plain_file or spec.file
         expected = spec.plain_sha256 if file == spec.plain_file else spec.sha256
         target = workdir / file
-        where = f"kaggle:{origin['kaggle_dataset']}/{file}"
+        where = f"kaggle:{origin.kaggle_dataset}/{file}"
         looked.append(f"{where} (public origin)")
         logger.info("%s: downloading %s with kagglehub", spec.name, where)
         try:
-            _fetch_kaggle(origin["kaggle_dataset"], file, target)
+            _fetch_kaggle(origin.kaggle_dataset, file, target)
         except DataError as error:
             looked[-1] += f": {error}"
         else:
@@ -384,7 +397,7 @@ def materialise(spec: DatasetSpec, fetched: Path, source: str, out_dir: Path) ->
     record: dict[str, Any] = {
         "file": fetched.name,
         "source": source,
-        "sha256": sha256_file(fetched),
+        "sha256": file_digest(fetched),
         "bytes": fetched.stat().st_size,
         "output": spec.output,
     }

@@ -6,25 +6,50 @@ hand-computed cases; the functions that run a model take it as an argument.
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from ferops.cleaning import QUALITY_RULES, flagged_by_quality_rules
+from ferops.config import Section
 from ferops.errors import DataError, ParamsError
+from ferops.io import atomic_file, write_json
 
 logger = logging.getLogger(__name__)
 
 TTA_MODES = ("none", "flip", "tencrop")
 # The coarse grouping often reported beside 7-class accuracy: valence of the expression.
-DEFAULT_GROUPS: dict[str, list[str]] = {
-    "positive": ["happy", "surprise"],
-    "neutral": ["neutral"],
-    "negative": ["angry", "disgust", "fear", "sad"],
+DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
+    "positive": ("happy", "surprise"),
+    "neutral": ("neutral",),
+    "negative": ("angry", "disgust", "fear", "sad"),
 }
+
+
+class EvaluateConfig(Section):
+    """The ``evaluate`` params section.
+
+    Attributes:
+        tta: Test-time augmentation reported beside the plain figures (see :data:`TTA_MODES`).
+        batch_size: Prediction batch size.
+        calibration_bins: Equal-width confidence bins of the reliability diagram and ECE.
+        mistakes_per_class: Images per true class in the most-confident-mistakes galleries.
+        gradcam_per_class: Images per class in the Grad-CAM sheets.
+        groups: The 3-group accuracy's groups: group name to its classes (every class once).
+    """
+
+    tta: Literal["none", "flip", "tencrop"] = "flip"
+    batch_size: int = Field(256, gt=0)
+    calibration_bins: int = Field(15, gt=0)
+    mistakes_per_class: int = Field(6, gt=0)
+    gradcam_per_class: int = Field(6, gt=0)
+    groups: dict[str, tuple[str, ...]] = Field(default_factory=lambda: dict(DEFAULT_GROUPS))
 
 
 @dataclass(frozen=True)
@@ -278,6 +303,13 @@ def dataset_metrics(probabilities: np.ndarray, dataset: EvaluationSet, classes: 
                     groups: np.ndarray) -> dict[str, Any]:
     """Every metric of one dataset from its predicted probabilities.
 
+    Args:
+        probabilities: (n, classes) raw model probabilities (not restricted to the dataset's
+            classes: the masked argmax is taken here).
+        dataset: The evaluated set.
+        classes: Class names, one per model output.
+        groups: Class-to-group mapping (see :func:`group_index`).
+
     Returns:
         The :func:`classification_report` plus ``group3_accuracy`` and, for masked datasets,
         ``accuracy_unmasked`` (plain argmax over all classes).
@@ -329,9 +361,12 @@ def evaluate_dataset(model: Any, dataset: EvaluationSet, classes: Sequence[str],
         batch_size: Prediction batch size.
         bins: Calibration bins.
     """
+    logger.info("evaluating %s: %s images", dataset.name, f"{len(dataset.label):,}")
     raw = predict_probabilities(model, dataset.images, batch_size=batch_size)
+    # The metrics get the raw probabilities: restricted ones would make the "unmasked" argmax
+    # the masked one (CK+'s accuracy_unmasked would always equal its accuracy).
+    report = dataset_metrics(raw, dataset, classes, groups)
     probabilities = restrict(raw, dataset.allowed) if dataset.mask_predictions else raw
-    report = dataset_metrics(probabilities, dataset, classes, groups)
     predicted = np.argmax(probabilities, axis=1)
     calibrated = calibration(probabilities, dataset.label, bins)
     summary = {key: report[key] for key in ("n", "accuracy", "macro_f1", "group3_accuracy")}
@@ -342,11 +377,12 @@ def evaluate_dataset(model: Any, dataset: EvaluationSet, classes: Sequence[str],
               "confusion": confusion(dataset.label, predicted, len(classes)).tolist()}
     if tta != "none":
         augmented = predict_probabilities(model, dataset.images, tta=tta, batch_size=batch_size, plain=raw)
-        if dataset.mask_predictions:
-            augmented = restrict(augmented, dataset.allowed)
         tta_report = dataset_metrics(augmented, dataset, classes, groups)
         summary[f"tta_{tta}"] = {key: tta_report[key] for key in ("accuracy", "macro_f1", "group3_accuracy")}
         detail[f"tta_{tta}"] = tta_report
+    extra = f", {tta} TTA accuracy {summary[f'tta_{tta}']['accuracy']:.4f}" if tta != "none" else ""
+    logger.info("%s: accuracy %.4f, macro-F1 %.4f, 3-group %.4f, ECE %.3f%s", dataset.name,
+                summary["accuracy"], summary["macro_f1"], summary["group3_accuracy"], summary["ece"], extra)
     return DatasetEvaluation(dataset, probabilities, predicted, summary, detail)
 
 
@@ -364,12 +400,50 @@ def last_feature_map_layer(model: Any) -> str:
     raise ValueError(f"model {model.name!r} has no layer with a spatial output for Grad-CAM")
 
 
+def _class_score_gradient(head: Any, features: np.ndarray, class_index: np.ndarray) -> np.ndarray:
+    """Gradient of each row's class probability with respect to the feature maps, per backend."""
+    import keras
+
+    backend = keras.backend.backend()
+    rows = np.arange(len(class_index))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        inputs = tf.convert_to_tensor(features)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            probabilities = head(inputs, training=False)
+            score = tf.reduce_sum(tf.gather_nd(probabilities, np.stack([rows, class_index], axis=1)))
+        gradient = tape.gradient(score, inputs)
+    elif backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def score(inputs: Any) -> Any:
+            return jnp.sum(head(inputs, training=False)[rows, class_index])
+
+        gradient = jax.grad(score)(jnp.asarray(features))
+    elif backend == "torch":
+        import torch
+
+        inputs = torch.tensor(features, requires_grad=True, device=keras.backend.get_device() or "cpu")
+        head(inputs, training=False)[rows, class_index].sum().backward()
+        gradient = inputs.grad
+    else:
+        raise ValueError(f"Grad-CAM does not support the {backend} backend")
+    if gradient is None:
+        raise ValueError("no gradient flows from the class score to the feature maps")
+    return np.asarray(keras.ops.convert_to_numpy(gradient), dtype=np.float32)
+
+
 def grad_cam(model: Any, images: np.ndarray, class_index: np.ndarray,
              layer_name: str | None = None) -> np.ndarray:
     """Grad-CAM heatmaps (Selvaraju et al. 2017): where the network looks for a class.
 
     The feature maps of ``layer_name`` are weighted by the spatial mean of the class score's
-    gradient, summed over channels, passed through ReLU and resized to the image.
+    gradient, summed over channels, passed through ReLU and resized to the image. Works under
+    every Keras backend: the model is split at the feature maps and the head's gradient is taken
+    with the backend's own autodiff.
 
     Args:
         model: A Functional Keras classifier.
@@ -381,22 +455,19 @@ def grad_cam(model: Any, images: np.ndarray, class_index: np.ndarray,
         (n, size, size) heatmaps scaled to 0..1 per image.
     """
     import keras
-    import tensorflow as tf
 
     name = layer_name or last_feature_map_layer(model)
-    probe = keras.Model(model.inputs, [model.get_layer(name).output, model.output])
-    batch = tf.convert_to_tensor(_as_model_input(images))
-    with tf.GradientTape() as tape:
-        features, probabilities = probe(batch, training=False)
-        score = tf.gather(probabilities, np.asarray(class_index, dtype=np.int32), batch_dims=1)
-    gradients = tape.gradient(score, features)
-    if gradients is None:
-        raise ValueError(f"no gradient flows from the class score to layer {name!r}")
+    feature_tensor = model.get_layer(name).output
+    body = keras.Model(model.inputs, feature_tensor)
+    head = keras.Model(feature_tensor, model.output)
+    batch = _as_model_input(images)
     # Mixed-precision models have bfloat16/float16 feature maps: combine them in float32.
-    features, gradients = tf.cast(features, tf.float32), tf.cast(gradients, tf.float32)
-    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
-    cam = tf.image.resize(cam, batch.shape[1:3], method="bilinear")[..., 0].numpy()
+    features = np.asarray(keras.ops.convert_to_numpy(body([batch], training=False)), dtype=np.float32)
+    gradients = _class_score_gradient(head, features, np.asarray(class_index, dtype=np.int64))
+    weights = gradients.mean(axis=(1, 2), keepdims=True)
+    cam = np.maximum((weights * features).sum(axis=-1), 0)[..., None]
+    cam = keras.ops.convert_to_numpy(keras.ops.image.resize(cam, batch.shape[1:3], interpolation="bilinear"))
+    cam = np.asarray(cam, dtype=np.float32)[..., 0]
     peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
     return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
 
@@ -469,3 +540,112 @@ def sample_per_class(label: np.ndarray, per_class: int, seed: int) -> np.ndarray
         rows = np.flatnonzero(label == klass)
         picked.extend(np.sort(rng.choice(rows, size=min(per_class, len(rows)), replace=False)))
     return np.asarray(picked, dtype=int)
+
+
+# CK+ and JAFFE may not be redistributed: even a label-per-row file of them stays out of git
+# (their confusion matrices are in the figures and the per-dataset JSON reports).
+NO_LABEL_FILES = ("ckplus", "jaffe")
+# Datasets whose Grad-CAM sheet is drawn: the headline and the most different faces.
+GRAD_CAM_SETS = ("private_test", "jaffe")
+
+
+def headline_metrics(outcomes: Mapping[str, DatasetEvaluation], tta: str) -> dict[str, Any]:
+    """``reports/metrics.json``: each dataset's summary, and which labels and TTA they use."""
+    metrics: dict[str, Any] = {
+        "labels": "original FER2013 labels, except *_ferplus (FER+ majority labels)",
+        "tta": tta,
+    }
+    for name, outcome in outcomes.items():
+        metrics[name] = outcome.summary
+    return metrics
+
+
+def per_class_metrics(outcomes: Mapping[str, DatasetEvaluation]) -> dict[str, float]:
+    """Per-class precision, recall and F1 as flat MLflow metric names (``ckplus.recall.happy``)."""
+    return {
+        f"{name}.{measure}.{klass}": values[measure]
+        for name, outcome in outcomes.items()
+        for klass, values in outcome.detail["plain"]["per_class"].items() if values["support"]
+        for measure in ("precision", "recall", "f1")
+    }
+
+
+def write_confusion_csv(path: Path, label: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> None:
+    """Confusion data for `dvc plots show`: one (actual, predicted) row per image, sorted.
+
+    Sorting keeps only the counts (no image order), so the file is an aggregate of the test
+    set, not a copy of its labels.
+    """
+    pairs = sorted(zip(np.asarray(label).tolist(), np.asarray(predicted).tolist(), strict=True))
+    with atomic_file(path) as temp, open(temp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows((classes[a], classes[p]) for a, p in pairs)
+
+
+def mistakes_sheet(outcome: DatasetEvaluation, classes: Sequence[str], per_class: int, path: Path) -> None:
+    """Gallery of the most confident mistakes, one row per true class (blank cells pad short rows)."""
+    from ferops.figures import image_grid
+
+    dataset, probabilities, predicted = outcome.dataset, outcome.probabilities, outcome.predicted
+    picks = confident_mistakes(probabilities, dataset.label, predicted, per_class)
+    blank = np.full(dataset.images.shape[1:], 255, dtype=np.uint8)
+    images, titles = [], []
+    for klass, rows in picks.items():
+        for row in rows:
+            images.append(dataset.images[row])
+            confidence = probabilities[row, predicted[row]]
+            titles.append(f"{classes[klass]}>{classes[predicted[row]]} {confidence:.2f}")
+        images.extend([blank] * (per_class - len(rows)))
+        titles.extend([""] * (per_class - len(rows)))
+    image_grid(np.asarray(images), titles, path, columns=per_class,
+               title=f"{dataset.name}: most confident mistakes per true class (true>predicted confidence)")
+
+
+def grad_cam_sheet(model: Any, outcome: DatasetEvaluation, classes: Sequence[str], per_class: int,
+                   seed: int, path: Path) -> None:
+    """Grad-CAM heatmaps of a seeded sample of each class, for the predicted class."""
+    from ferops.figures import heatmap_grid
+
+    dataset, predicted = outcome.dataset, outcome.predicted
+    rows = sample_per_class(dataset.label, per_class, seed)
+    heatmaps = grad_cam(model, dataset.images[rows], predicted[rows])
+    titles = [f"{classes[dataset.label[r]]}>{classes[predicted[r]]}" for r in rows]
+    heatmap_grid(dataset.images[rows], heatmaps, titles, path, columns=per_class,
+                 title=f"Grad-CAM on {dataset.name}: where the model looks for its prediction "
+                       "(true>predicted)")
+
+
+def write_evaluation(outcomes: Mapping[str, DatasetEvaluation], model: Any, classes: Sequence[str],
+                     config: EvaluateConfig, seed: int, *, details: Path, plots: Path, figures: Path,
+                     galleries: Path) -> None:
+    """Write every per-dataset output of the evaluate stage into the given (empty) folders.
+
+    Args:
+        outcomes: Dataset name to its evaluation.
+        model: The evaluated model (for Grad-CAM).
+        classes: Class names, one per model output.
+        config: The ``evaluate`` params.
+        seed: Seed of the Grad-CAM samples.
+        details: Per-dataset JSON reports.
+        plots: Confusion CSVs of the FER2013 splits (`dvc plots show`).
+        figures: Confusion matrices and the reliability diagram.
+        galleries: Figures that show dataset images (mistakes, Grad-CAM).
+    """
+    from ferops.figures import confusion_matrix_figure, reliability_figure
+
+    for name, outcome in outcomes.items():
+        write_json(details / f"{name}.json", outcome.detail)
+        if not name.startswith(NO_LABEL_FILES):
+            write_confusion_csv(plots / f"confusion_{name}.csv", outcome.dataset.label, outcome.predicted,
+                                classes)
+        confusion_matrix_figure(
+            np.asarray(outcome.detail["confusion"]), classes, figures / f"confusion_{name}.png",
+            title=f"{name}: accuracy {outcome.summary['accuracy']:.4f} "
+                  f"(n={outcome.summary['n']:,}; rows sum to 1)")
+        mistakes_sheet(outcome, classes, config.mistakes_per_class, galleries / f"mistakes_{name}.png")
+    reliability_figure({name: outcome.detail["calibration"] for name, outcome in outcomes.items()},
+                       figures / "reliability.png", title="Reliability (plain predictions)")
+    for name in GRAD_CAM_SETS:
+        grad_cam_sheet(model, outcomes[name], classes, config.gradcam_per_class, seed,
+                       galleries / f"gradcam_{name}.png")

@@ -5,20 +5,24 @@ adjustments. Models trained in mixed precision are rebuilt in float32 first (tf2
 bfloat16). And the models carry their augmentation layers, whose default is ``training=True`` when
 a layer is called without a training flag, so exporting the model directly traces random flips
 and rotations (ops ONNX does not have: the file would not even load). The model is wrapped in a
-layer that calls it with ``training=False``, which traces the inference graph only.
+layer that calls it with ``training=False``, which traces the inference graph only. The class
+names are stored in the ONNX file's metadata (property ``classes``, a JSON list), where
+:class:`ferops.inference.OnnxClassifier` reads them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ferops.errors import FeropsError
-from ferops.inference import INPUT_SIZE, float32_model
+from ferops.inference import CLASSES_KEY, INPUT_SIZE, float32_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +52,19 @@ def _inference_wrapper(model: Any) -> Any:
     return wrapper
 
 
-def export_onnx(model: Any, output: str | os.PathLike[str], opset: int | None = None) -> Path:
+def _record_classes(path: Path, classes: Sequence[str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [prop for prop in proto.metadata_props if prop.key != CLASSES_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=CLASSES_KEY, value=json.dumps(list(classes)))
+    onnx.save(proto, str(path))
+
+
+def export_onnx(model: Any, output: str | os.PathLike[str], opset: int | None = None,
+                classes: Sequence[str] | None = None) -> Path:
     """Write a Keras model as an ONNX file with a dynamic batch dimension.
 
     The file is written beside ``output`` under a temporary name and renamed into place, so a
@@ -61,12 +77,15 @@ def export_onnx(model: Any, output: str | os.PathLike[str], opset: int | None = 
         model: A Keras 3 model taking float32 (n, 48, 48, 1) pixels.
         output: The ``.onnx`` file to write.
         opset: ONNX opset (None: the converter's default).
+        classes: Class names, one per output column, recorded in the file's metadata (None:
+            none recorded; loaders then assume the FER2013 order).
 
     Returns:
         The path written.
 
     Raises:
-        ExportError: tf2onnx is missing or the conversion failed.
+        ExportError: tf2onnx is missing, the conversion failed, or ``classes`` does not match
+            the model's outputs.
     """
     import tensorflow as tf
 
@@ -77,12 +96,18 @@ def export_onnx(model: Any, output: str | os.PathLike[str], opset: int | None = 
         import tf2onnx  # noqa: F401  (Keras imports it lazily; fail here with a clear message)
     except ImportError as error:
         raise ExportError("exporting to ONNX needs tf2onnx and onnx (pip install tf2onnx onnx)") from error
+    outputs = getattr(model, "outputs", None)
+    if classes is not None and outputs and outputs[0].shape[-1] != len(classes):
+        raise ExportError(f"{output}: {len(classes)} class names for a model with {outputs[0].shape[-1]} "
+                          "outputs")
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
     signature = [tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 1), tf.float32, name=INPUT_NAME)]
     try:
         _inference_wrapper(model).export(str(partial), format="onnx", verbose=False,
                                          input_signature=signature, opset_version=opset)
+        if classes is not None:
+            _record_classes(partial, classes)
         os.replace(partial, output)
     except Exception as error:  # tf2onnx raises many kinds; all mean "could not convert"
         partial.unlink(missing_ok=True)

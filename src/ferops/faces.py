@@ -82,14 +82,6 @@ class Box:
         cx, cy = self.center
         return Box(round(cx - side / 2), round(cy - side / 2), side, side)
 
-    def scaled(self, factor: float) -> Box:
-        """Return the box with all coordinates multiplied by ``factor``.
-
-        Useful when detection ran on a downscaled frame and the crop is taken at full size.
-        """
-        return Box(round(self.x * factor), round(self.y * factor),
-                   max(1, round(self.w * factor)), max(1, round(self.h * factor)))
-
     def inside(self, other: Box) -> bool:
         """Whether this box lies entirely within ``other``."""
         return (self.x >= other.x and self.y >= other.y
@@ -373,8 +365,12 @@ def detect_and_crop(
     margin: float = DEFAULT_MARGIN,
     size: int = DEFAULT_SIZE,
     max_faces: int | None = None,
-) -> list[tuple[Box, np.ndarray]]:
+) -> tuple[list[Box], list[np.ndarray]]:
     """Detect the faces of a photo or video frame and crop each one FER2013-style.
+
+    This is the crop ``ferops predict`` and ``ferops serve`` classify. The image is made gray
+    first and the detector runs on the gray image, as on the gray datasets in training (for the
+    YuNet backend a colour frame would give different boxes).
 
     Args:
         image: uint8 gray, BGR or BGRA image.
@@ -384,10 +380,10 @@ def detect_and_crop(
         max_faces: Keep only the largest ones (None: all).
 
     Returns:
-        (box, size x size uint8 crop) pairs, largest face first.
+        The boxes, largest face first, and the size x size uint8 crop of each.
     """
     gray = to_gray(image)
-    boxes = detector.detect(image)
+    boxes = detector.detect(gray)
     if max_faces is not None:
         boxes = boxes[:max_faces]
-    return [(box, crop_face(gray, box, margin=margin, size=size)) for box in boxes]
+    return boxes, [crop_face(gray, box, margin=margin, size=size) for box in boxes]

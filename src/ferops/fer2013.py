@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,11 +21,18 @@ from ferops.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+# The file format, declared once: ferops.validate checks files against these and
+# read_fer2013 parses them, so the two cannot disagree about what a well-formed file is.
 COLUMNS = ("emotion", "pixels", "Usage")
 USAGES = ("Training", "PublicTest", "PrivateTest")
+# One pixel value 0..255 without leading zeros. [0-9] rather than \d: pandas then keeps the match
+# in pyarrow (RE2) instead of falling back to Python's re for Unicode digits. RE2 rejects repeat
+# counts above 1000, so the number of values per row is counted separately (PixelScan.counts).
+PIXEL_VALUE_REGEX = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+PIXELS_REGEX = rf"^{PIXEL_VALUE_REGEX}(?: {PIXEL_VALUE_REGEX})*$"
+# Integers of 1-3 digits: used only to tell "a value above 255" from other format errors.
+_SHORT_INTEGERS = re.compile(r"^\d{1,3}(?: \d{1,3})*$")
 _MAX_SHOWN = 5
-# Cheap shape check before parsing: integers of 1-3 digits separated by single spaces.
-_PIXELS_PATTERN = r"^\d{1,3}(?: \d{1,3})*$"
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,61 @@ def _rows(mask: np.ndarray | pd.Series) -> str:
     return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
 
 
+@dataclass(frozen=True)
+class PixelScan:
+    """What :func:`scan_pixels` found in a column of pixel strings.
+
+    Attributes:
+        counts: int64 number of values per string (spaces + 1; 0 for an empty string).
+        valid: bool per string: exactly ``image_size**2`` values matching :data:`PIXELS_REGEX`.
+        images: uint8 images of the valid rows only, in row order, shape
+            (valid.sum(), image_size, image_size).
+    """
+
+    counts: np.ndarray
+    valid: np.ndarray
+    images: np.ndarray
+
+
+def scan_pixels(pixels: pd.Series, image_size: int = 48) -> PixelScan:
+    """Check every pixel string and parse the well-formed ones, without a per-row loop.
+
+    Never raises on bad rows: :func:`parse_pixels` (which refuses them) and ``ferops.validate``
+    (which reports them row by row) share this one definition of a well-formed row.
+
+    Args:
+        pixels: One string per image, ``image_size**2`` integers 0..255 separated by spaces
+            (missing values count as empty strings).
+        image_size: Side of the square images.
+
+    Returns:
+        Per-row value counts and validity, and the images of the valid rows.
+    """
+    expected = image_size * image_size
+    strings = pa.array(pixels.astype("string[pyarrow]").fillna("").array, type=pa.large_string())
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    # Arrow compute kernels: pandas' own str.count is ~15x slower on these 8 kB strings, and
+    # they release the GIL (ferops.validate scans in a worker thread).
+    spaces = pc.count_substring(strings, " ").to_numpy(zero_copy_only=False)
+    lengths = pc.binary_length(strings).to_numpy(zero_copy_only=False)
+    counts = np.where(lengths > 0, spaces + 1, 0).astype(np.int64)
+    valid = (counts == expected) & pc.match_substring_regex(
+        strings, PIXELS_REGEX).to_numpy(zero_copy_only=False)
+    # One C-level parse of all valid rows; the regex has already checked every token.
+    text = " ".join(strings.filter(pa.array(valid)).to_pylist())
+    values = np.fromstring(text, dtype=np.uint8, sep=" ") if text else np.empty(0, np.uint8)
+    images = values.reshape(int(valid.sum()), image_size, image_size)
+    return PixelScan(counts=counts, valid=valid, images=images)
+
+
+def _above_255(text: str) -> bool:
+    """A string of short integers with one above 255 (only called on rejected rows)."""
+    return bool(_SHORT_INTEGERS.match(text)) and any(int(v) > 255 for v in text.split(" "))
+
+
 def parse_pixels(pixels: pd.Series, image_size: int = 48, source: str = "pixels") -> np.ndarray:
-    """Parse space-separated pixel strings into a uint8 image array, without a per-row loop.
+    """Parse space-separated pixel strings into a uint8 image array (see :func:`scan_pixels`).
 
     Args:
         pixels: One string per image, ``image_size**2`` integers in 0..255 separated by spaces.
@@ -66,36 +128,47 @@ def parse_pixels(pixels: pd.Series, image_size: int = 48, source: str = "pixels"
         uint8 array of shape (n, image_size, image_size).
 
     Raises:
-        DataError: A row has the wrong number of values, a non-integer token, or a value
-            outside 0..255; the message names the rows.
+        DataError: A row has the wrong number of values, a token that is not an integer
+            0..255 (without leading zeros), or a value above 255; the message names the rows.
     """
     expected = image_size * image_size
-    text = pixels.astype("string[pyarrow]").fillna("")
-    # Arrow compute kernels: pandas' own str.count is ~15x slower on these 8 kB strings.
-    arrow = pa.array(text)
-    counts = pc.count_substring(arrow, " ").to_numpy(zero_copy_only=False).astype(np.int64) + 1
-    wrong_count = counts != expected
+    scan = scan_pixels(pixels, image_size)
+    wrong_count = scan.counts != expected
     if wrong_count.any():
         first = int(np.flatnonzero(wrong_count)[0])
         raise DataError(
             f"{source}: column 'pixels': expected {expected} space-separated values per row, "
-            f"{_rows(wrong_count)} (e.g. row {first} has {counts[first]})"
+            f"{_rows(wrong_count)} (e.g. row {first} has {scan.counts[first]})"
         )
-    malformed = ~pc.match_substring_regex(arrow, _PIXELS_PATTERN).to_numpy(zero_copy_only=False)
-    if malformed.any():
-        raise DataError(
-            f"{source}: column 'pixels': expected integers 0..255 separated by single spaces, "
-            f"{_rows(malformed)} do not match"
-        )
-    # One C-level parse of the whole column; int16 so that values above 255 are caught, not wrapped.
-    values = np.fromstring(" ".join(text.tolist()), dtype=np.int16, sep=" ")
-    if values.size != expected * len(text):  # pragma: no cover - guarded by the checks above
-        raise DataError(f"{source}: column 'pixels': parsed {values.size} values, expected more")
-    values = values.reshape(len(text), expected)
-    too_big = (values > 255).any(axis=1)
-    if too_big.any():
+    rejected = ~scan.valid
+    if rejected.any():
+        too_big = np.zeros(len(rejected), dtype=bool)
+        for row in np.flatnonzero(rejected):
+            too_big[row] = _above_255(str(pixels.iloc[row]))
+        if (rejected & ~too_big).any():
+            raise DataError(
+                f"{source}: column 'pixels': expected integers 0..255 separated by single "
+                f"spaces, {_rows(rejected & ~too_big)} do not match"
+            )
         raise DataError(f"{source}: column 'pixels': values above 255 in {_rows(too_big)}")
-    return values.astype(np.uint8).reshape(len(text), image_size, image_size)
+    return scan.images
+
+
+def class_counts(label: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+    """Count images per class name, plus ``(no label)`` for negative labels when there are any.
+
+    Args:
+        label: int class index per image (negative: no label).
+        classes: Class names in label order.
+
+    Returns:
+        Class name to count, in class order (the prepare and oversample reports use this).
+    """
+    counts = {name: int((label == index).sum()) for index, name in enumerate(classes)}
+    unlabelled = int((label < 0).sum())
+    if unlabelled:
+        counts["(no label)"] = unlabelled
+    return counts
 
 
 def read_fer2013(path: str | os.PathLike[str], image_size: int = 48, n_classes: int = 7) -> Fer2013:

@@ -22,6 +22,11 @@ VOTE_COLUMNS = (
     "unknown", "NF",
 )
 COLUMNS = ("Usage", "Image name", *VOTE_COLUMNS)
+# Ten taggers voted on each image (Barsoum et al. 2016), so a row's votes add up to this.
+TAGGERS = 10
+# Image names as the FER+ generation script writes them; non-faces have an empty name. The
+# number is not a fer2013 row number (see the module docstring).
+IMAGE_NAME_REGEX = r"^fer[0-9]{7}\.png$"
 UNKNOWN = VOTE_COLUMNS.index("unknown")
 NOT_A_FACE = VOTE_COLUMNS.index("NF")
 CONTEMPT = VOTE_COLUMNS.index("contempt")

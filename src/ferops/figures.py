@@ -1,7 +1,9 @@
 """Figures shared by the stages: image galleries and grouped bar charts, written reproducibly.
 
-Matplotlib is used with the non-interactive Agg backend and PNG metadata stripped, so the
-same data always produces the same bytes (stage outputs stay byte-identical on rerun).
+Figures are plain :class:`matplotlib.figure.Figure` objects, never pyplot's: saving one to PNG
+renders it with Agg whatever backend is configured, so importing this module changes no global
+matplotlib state and needs no display. PNG metadata is stripped, so the same data always
+produces the same bytes (stage outputs stay byte-identical on rerun).
 """
 
 from __future__ import annotations
@@ -10,25 +12,33 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display on servers/CI; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ferops.io import atomic_file  # noqa: E402
+from ferops.io import atomic_file
 
 logger = logging.getLogger(__name__)
 
 _DPI = 100
 
 
-def save_figure(figure: plt.Figure, path: str | os.PathLike[str]) -> None:
-    """Save a figure as PNG atomically, without metadata that changes between runs, and close it."""
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float],
+              squeeze: bool = True) -> tuple[Figure, Any]:
+    """A new figure and its axes, as ``pyplot.subplots`` makes them, without pyplot.
+
+    pyplot would keep every figure alive in its global registry until closed, and needs a
+    backend chosen before it is imported.
+    """
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(nrows, ncols, squeeze=squeeze)
+
+
+def save_figure(figure: Figure, path: str | os.PathLike[str]) -> None:
+    """Save a figure as PNG atomically, without metadata that changes between runs."""
     with atomic_file(path) as temp:
         figure.savefig(temp, format="png", dpi=_DPI, metadata={"Software": None})
-    plt.close(figure)
     logger.info("wrote figure %s", path)
 
 
@@ -64,7 +74,7 @@ def image_grid(
         row, column = divmod(index, columns)
         top, left = row * (height + gap) + gap, column * (width + 2) + 1
         mosaic[top:top + height, left:left + width] = images[index]
-    figure, axis = plt.subplots(
+    figure, axis = _subplots(
         figsize=(columns * cell_inches, rows * cell_inches * (height + gap) / height + 0.4)
     )
     axis.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
@@ -100,7 +110,7 @@ def grouped_bars(
         ylabel: Y axis label.
         annotate: Write each bar's value above it.
     """
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(groups) * max(1, len(series))), 3.6))
+    figure, axis = _subplots(figsize=(max(6.0, 0.9 * len(groups) * max(1, len(series))), 3.6))
     width = 0.8 / max(1, len(series))
     positions = np.arange(len(groups))
     for offset, (name, values) in enumerate(series.items()):
@@ -135,7 +145,7 @@ def panel_bars(
         ylabel: Y axis label of the first panel.
     """
     count = max(1, len(panels))
-    figure, axes = plt.subplots(1, count, figsize=(5.2 * count, 3.8), squeeze=False)
+    figure, axes = _subplots(1, count, figsize=(5.2 * count, 3.8), squeeze=False)
     for axis, (panel_title, series) in zip(axes.flat, panels.items(), strict=False):
         width = 0.8 / max(1, len(series))
         positions = np.arange(len(groups))
@@ -157,8 +167,8 @@ def panel_bars(
 
 
 def training_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike[str], *,
-                    title: str = "", best_epoch: int | None = None) -> plt.Figure:
-    """Save loss, accuracy and learning-rate curves per epoch; return the figure (closed).
+                    title: str = "", best_epoch: int | None = None) -> Figure:
+    """Save loss, accuracy and learning-rate curves per epoch; return the figure.
 
     Args:
         history: ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` and ``lr`` per epoch.
@@ -167,7 +177,7 @@ def training_curves(history: Mapping[str, Sequence[float]], path: str | os.PathL
         best_epoch: 1-based epoch to mark (the kept checkpoint).
     """
     epochs = np.arange(1, len(history["loss"]) + 1)
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure, axes = _subplots(1, 3, figsize=(13, 3.6))
     for axis, metric in zip(axes[:2], ("loss", "accuracy"), strict=True):
         axis.plot(epochs, history[metric], label="train")
         axis.plot(epochs, history[f"val_{metric}"], label="validation (PublicTest)")
@@ -202,7 +212,7 @@ def confusion_matrix_figure(matrix: np.ndarray, classes: Sequence[str], path: st
     rows = [i for i in range(len(classes)) if matrix[i].sum() > 0] if rows is None else list(rows)
     totals = matrix[rows].sum(axis=1, keepdims=True)
     normalised = np.divide(matrix[rows], totals, out=np.zeros_like(matrix[rows]), where=totals > 0)
-    figure, axis = plt.subplots(figsize=(1.0 + 0.75 * len(classes), 0.9 + 0.6 * len(rows)))
+    figure, axis = _subplots(figsize=(1.0 + 0.75 * len(classes), 0.9 + 0.6 * len(rows)))
     axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     for r, row in enumerate(rows):
         for column in range(len(classes)):
@@ -230,7 +240,7 @@ def reliability_figure(panels: Mapping[str, Mapping], path: str | os.PathLike[st
         title: Figure title.
     """
     count = max(1, len(panels))
-    figure, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.4), squeeze=False)
+    figure, axes = _subplots(1, count, figsize=(3.2 * count, 3.4), squeeze=False)
     for axis, (name, data) in zip(axes.flat, panels.items(), strict=False):
         bins = [b for b in data["bins"] if b["count"]]
         lower = np.array([b["lower"] for b in bins])
@@ -267,7 +277,7 @@ def heatmap_grid(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str]
     count = len(images)
     columns = max(1, min(columns, count)) if count else 1
     rows = max(1, math.ceil(count / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.4 * columns, 1.55 * rows + 0.4), squeeze=False)
+    figure, axes = _subplots(rows, columns, figsize=(1.4 * columns, 1.55 * rows + 0.4), squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.set_axis_off()
         if index < count:

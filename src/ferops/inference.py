@@ -2,7 +2,10 @@
 
 Every model takes what the train stage gives it: float32 pixels of shape (n, 48, 48, 1) in 0..255
 (rescaling and augmentation live inside the Keras model) and returns (n, 7) softmax
-probabilities in the order of ``base.classes``. :func:`load_classifier` accepts a registry
+probabilities in the order of ``base.classes``. Models carry their class names (a ``.keras`` file
+in a ``ferops.json`` member, an MLflow model in its ``classes`` metadata, an ONNX file written by
+``ferops export`` in its ``classes`` metadata property); older models without them are assumed to
+use the FER2013 order, with a warning. :func:`load_classifier` accepts a registry
 reference (``models:/<name>@<alias>``, ``models:/<name>/<version>``), a logged-model or run URI
 (``models:/m-<id>``, ``runs:/<run id>/<path>``), a local MLflow model folder, or a ``.keras`` or
 ``.onnx`` file; ``.onnx`` files run on ONNX Runtime, everything else on Keras.
@@ -10,10 +13,15 @@ reference (``models:/<name>@<alias>``, ``models:/<name>/<version>``), a logged-m
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sqlite3
 import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +31,10 @@ from ferops.errors import FeropsError
 
 logger = logging.getLogger(__name__)
 
-# The order of params.yaml `base.classes`: the models' output columns.
-CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+# FER2013's label order, assumed only for models saved before they carried their class names.
+FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+# Key of the class names in an MLflow model's metadata and in an ONNX model's metadata_props.
+CLASSES_KEY = "classes"
 DEFAULT_MODEL = "models:/ferops-fer2013@champion"
 DEFAULT_BATCH_SIZE = 64
 INPUT_SIZE = 48
@@ -32,6 +42,98 @@ INPUT_SIZE = 48
 
 class ModelLoadError(FeropsError):
     """A model reference cannot be resolved or the model it names cannot be loaded."""
+
+
+class StoreNotFoundError(FeropsError):
+    """A tracking URI names a local MLflow store that does not exist."""
+
+
+_STORE_HINT = ("check --tracking-uri / MLFLOW_TRACKING_URI, or run `dvc repro` to create the project's "
+               "store")
+
+
+def _is_mlflow_database(path: Path) -> bool:
+    # Read-only: a mistyped URI naming some other SQLite file must not get MLflow's tables.
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            row = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'experiments'").fetchone()
+    except sqlite3.Error:
+        return False
+    return row is not None
+
+
+def require_store(uri: str) -> None:
+    """Refuse a local MLflow store that does not exist, before MLflow opens it.
+
+    MLflow creates what a tracking URI names as soon as a client opens it: a missing SQLite
+    database (about 1 MB of empty tables, and its folders) or a missing file-store folder. A
+    mistyped ``--tracking-uri`` would leave such an empty store behind and then fail with a
+    confusing "not found". A tracking server (``http(s)://``) gets one quick authenticated request
+    (:func:`ferops.tracking.check_server`); other remote stores (``databricks``, database
+    servers) are not checked.
+
+    Args:
+        uri: The tracking URI (``sqlite:///PATH``, ``file:///PATH``, a plain path, or remote).
+
+    Raises:
+        StoreNotFoundError: The SQLite file or the store folder does not exist, or the SQLite
+            file is not an MLflow database.
+        ferops.tracking.TrackingServerError: The tracking server is unreachable or refuses the login.
+    """
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        from ferops.tracking import check_server
+
+        check_server(uri)
+        return
+    if scheme == "sqlite" or scheme.startswith("sqlite+"):
+        # sqlite:///relative.db and sqlite:////absolute.db; sqlite:// alone is an in-memory database.
+        database = uri.split(":///", 1)[1].split("?", 1)[0] if ":///" in uri else ""
+        if database in ("", ":memory:"):
+            return
+        path = Path(database)
+        if not path.is_file():
+            raise StoreNotFoundError(f"no MLflow store at {uri} (file {path} does not exist): {_STORE_HINT}")
+        if not _is_mlflow_database(path):
+            raise StoreNotFoundError(f"no MLflow store at {uri} ({path} is not an MLflow database: it has "
+                                     f"no experiments table): {_STORE_HINT}")
+    elif uri.lower() in ("databricks", "databricks-uc", "uc"):  # MLflow's names for Databricks stores
+        return
+    elif scheme == "file" or len(scheme) <= 1:  # file:///PATH, a plain path (or a Windows drive)
+        folder = Path(urllib.request.url2pathname(urllib.parse.urlsplit(uri).path)) if scheme == "file" \
+            else Path(uri)
+        if not folder.is_dir():
+            raise StoreNotFoundError(f"no MLflow store at {uri} (folder {folder} does not exist): "
+                                     f"{_STORE_HINT}")
+
+
+def _class_names(value: Any, where: str) -> tuple[str, ...] | None:
+    """Class names from model metadata: a list of strings, or a JSON string of one (None if absent)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ModelLoadError(f"{where}: the model's {CLASSES_KEY!r} metadata is not JSON "
+                                 f"({error})") from error
+    if not isinstance(value, list | tuple) or not value or not all(isinstance(name, str) for name in value):
+        raise ModelLoadError(f"{where}: the model's {CLASSES_KEY!r} metadata is not a list of class names "
+                             f"(got {value!r})")
+    return tuple(value)
+
+
+def _choose_classes(source: str, explicit: Sequence[str] | None,
+                    carried: tuple[str, ...] | None) -> tuple[tuple[str, ...], bool]:
+    """The class names to use and whether they were assumed: explicit, else the model's, else FER2013's."""
+    if explicit is not None:
+        return tuple(explicit), False
+    if carried is not None:
+        return carried, False
+    logger.warning("%s: the model carries no class names (saved before models recorded them): assuming "
+                   "the FER2013 order %s", source, ", ".join(FER2013_CLASSES))
+    return FER2013_CLASSES, True
 
 
 def preprocess(crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -66,17 +168,19 @@ class Classifier:
         source: What the user gave (file path or URI), for reports.
         backend: ``"keras"`` or ``"onnxruntime"``.
         classes: Class names, one per output column.
+        classes_assumed: True when the model carried no class names and the FER2013 order was
+            assumed (the names are then not worth recording in an export).
         batch_size: Largest batch sent to the model at once.
     """
 
     backend = "none"
 
-    def __init__(self, source: str, classes: Sequence[str] = CLASSES,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, source: str, classes: Sequence[str] | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, *, carried: tuple[str, ...] | None = None) -> None:
         if batch_size < 1:
             raise FeropsError(f"batch size must be >= 1, got {batch_size}")
         self.source = source
-        self.classes = tuple(classes)
+        self.classes, self.classes_assumed = _choose_classes(source, classes, carried)
         self.batch_size = int(batch_size)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -115,11 +219,21 @@ class KerasClassifier(Classifier):
 
     backend = "keras"
 
-    def __init__(self, model: Any, source: str, classes: Sequence[str] = CLASSES,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
-        super().__init__(source, classes, batch_size)
+    def __init__(self, model: Any, source: str, classes: Sequence[str] | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, *, carried: tuple[str, ...] | None = None) -> None:
+        """Wrap a loaded Keras model.
+
+        Args:
+            model: The Keras 3 model.
+            source: What the user gave, for reports.
+            classes: Class names (None: ``carried``, else the FER2013 order with a warning).
+            batch_size: Largest batch per model call.
+            carried: The class names the model file or MLflow model carries, if any.
+        """
+        super().__init__(source, classes, batch_size, carried=carried)
         _check_signature(source, model.inputs[0].shape if getattr(model, "inputs", None) else None,
-                         model.outputs[0].shape if getattr(model, "outputs", None) else None, len(classes))
+                         model.outputs[0].shape if getattr(model, "outputs", None) else None,
+                         len(self.classes))
         self.model = float32_model(model)
         self._call = self._compile(self.model)
         # Keras models are shared between the HTTP server's worker threads: one call at a time.
@@ -140,8 +254,11 @@ class KerasClassifier(Classifier):
         return tf.function(lambda batch: model(batch, training=False), input_signature=signature)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        import keras
+
         with self._lock:
-            return np.asarray(self._call(batch))
+            # convert_to_numpy: a PyTorch result still carries autograd state that numpy refuses.
+            return np.asarray(keras.ops.convert_to_numpy(self._call(batch)))
 
 
 class OnnxClassifier(Classifier):
@@ -149,9 +266,19 @@ class OnnxClassifier(Classifier):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike[str], classes: Sequence[str] = CLASSES,
+    def __init__(self, path: str | os.PathLike[str], classes: Sequence[str] | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None) -> None:
-        super().__init__(str(path), classes, batch_size)
+        """Load an ONNX file.
+
+        Args:
+            path: The ``.onnx`` file.
+            classes: Class names (None: the ``classes`` metadata property ``ferops export``
+                writes, else the FER2013 order with a warning).
+            batch_size: Largest batch per model call.
+            threads: ONNX Runtime intra-op threads (None: its default).
+        """
+        if batch_size < 1:
+            raise FeropsError(f"batch size must be >= 1, got {batch_size}")
         try:
             import onnxruntime as ort
         except ImportError as error:
@@ -165,11 +292,13 @@ class OnnxClassifier(Classifier):
         except Exception as error:  # onnxruntime raises its own untyped pybind errors
             raise ModelLoadError(f"{path}: ONNX Runtime could not load this file as an ONNX model "
                                  f"({error})") from error
+        carried = _class_names(self.session.get_modelmeta().custom_metadata_map.get(CLASSES_KEY), str(path))
+        super().__init__(str(path), classes, batch_size, carried=carried)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ModelLoadError(f"{path}: expected an ONNX model with one input and one output, got "
                                  f"{len(inputs)} inputs and {len(outputs)} outputs")
-        _check_signature(str(path), inputs[0].shape, outputs[0].shape, len(classes))
+        _check_signature(str(path), inputs[0].shape, outputs[0].shape, len(self.classes))
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
 
@@ -233,25 +362,42 @@ def float32_model(model: Any) -> Any:
     return copy
 
 
-def _load_keras_file(path: Path) -> Any:
+def load_keras_model(path: str | os.PathLike[str]) -> Any:
+    """Load a ``.keras`` file for inference (not compiled), with a clear error when it cannot be.
+
+    Args:
+        path: The ``.keras`` file (the train stage writes ``models/model.keras``).
+
+    Returns:
+        The Keras model.
+
+    Raises:
+        ModelLoadError: The file is missing or is not a loadable Keras model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: model not found; the train stage writes it (run `dvc repro train`)")
     import keras
 
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises ValueError/OSError/zipfile errors for bad files
-        raise ModelLoadError(f"{path}: Keras could not load this file as a .keras model ({error})") from error
+        raise ModelLoadError(f"{path}: cannot load as a Keras model ({type(error).__name__}: "
+                             f"{error})") from error
 
 
-def _load_mlflow(uri: str, tracking_uri: str | None) -> Any:
+def _load_mlflow(uri: str, tracking_uri: str | None) -> tuple[Any, tuple[str, ...] | None]:
+    """Load an MLflow Keras model and the class names in its metadata (None when it has none)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    if tracking_uri and tracking_uri.startswith("sqlite:///"):
-        # Opening a missing SQLite store would create an empty mlflow.db wherever the command ran.
-        database = Path(tracking_uri[len("sqlite:///"):])
-        if not database.is_file():
-            raise ModelLoadError(f"{uri}: no MLflow store at {database} (run the pipeline first, pass "
-                                 "--tracking-uri or set MLFLOW_TRACKING_URI, or give a .keras/.onnx file)")
+    if uri.startswith(("models:/", "runs:/")):
+        # Resolving these opens the tracking store, which MLflow would create if it is missing
+        # (without a URI: mlflow.db in the current folder).
+        try:
+            require_store(tracking_uri or mlflow.get_tracking_uri())
+        except StoreNotFoundError as error:
+            raise ModelLoadError(f"{uri}: {error}; or give a .keras/.onnx file") from error
     if tracking_uri:
         # models:/NAME@alias is resolved in the registry, runs:/ in the tracking store: both live
         # in the same store for this project.
@@ -259,7 +405,8 @@ def _load_mlflow(uri: str, tracking_uri: str | None) -> Any:
         mlflow.set_registry_uri(tracking_uri)
     where = f" in {tracking_uri}" if tracking_uri else ""
     try:
-        return mlflow.keras.load_model(uri)
+        model = mlflow.keras.load_model(uri)
+        metadata = mlflow.models.get_model_info(uri).metadata or {}
     except MlflowException as error:
         hint = ""
         if uri.startswith("models:/") and "@" in uri:
@@ -271,13 +418,23 @@ def _load_mlflow(uri: str, tracking_uri: str | None) -> Any:
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"{uri}: the model was found{where} but could not be loaded as a Keras "
                              f"model ({error})") from error
+    return model, _class_names(metadata.get(CLASSES_KEY), uri)
+
+
+def _keras_class_names(path: Path) -> tuple[str, ...] | None:
+    from ferops.models import load_class_names
+
+    try:
+        return load_class_names(path)
+    except FeropsError as error:
+        raise ModelLoadError(str(error)) from error
 
 
 def load_classifier(
     model: str | os.PathLike[str] = DEFAULT_MODEL,
     *,
     tracking_uri: str | None = None,
-    classes: Sequence[str] = CLASSES,
+    classes: Sequence[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Classifier:
     """Load a classifier from a registry reference, an MLflow URI, or a local model file.
@@ -287,16 +444,17 @@ def load_classifier(
             ``models:/<name>/<version>``, ``models:/m-<id>``, ``runs:/<run id>/<path>``, a local
             MLflow model folder (with an ``MLmodel`` file), or a ``.keras`` or ``.onnx`` file.
         tracking_uri: MLflow tracking/registry store for ``models:/`` and ``runs:/`` URIs
-            (see :func:`ferops.tracking.tracking_uri`).
-        classes: Class names in output order.
+            (see :func:`ferops.tracking.tracking_uri`); it must exist (see :func:`require_store`).
+        classes: Class names in output order. Default: the names the model carries, else (older
+            models) the FER2013 order, with a warning.
         batch_size: Largest batch per model call.
 
     Returns:
         A :class:`KerasClassifier` or, for ``.onnx`` files, an :class:`OnnxClassifier`.
 
     Raises:
-        ModelLoadError: The reference is not one of the accepted forms, or the model is missing
-            or unloadable.
+        ModelLoadError: The reference is not one of the accepted forms, the store or the model
+            is missing, or the model is unloadable.
     """
     text = os.fspath(model)
     if "://" in text or text.startswith(("models:/", "runs:/")):
@@ -304,7 +462,8 @@ def load_classifier(
             raise ModelLoadError(f"{text}: unsupported model URI (expected models:/<name>@<alias>, "
                                  "models:/<name>/<version>, models:/m-<id> or runs:/<run id>/<path>)")
         logger.info("loading model %s%s", text, f" from {tracking_uri}" if tracking_uri else "")
-        return KerasClassifier(_load_mlflow(text, tracking_uri), text, classes, batch_size)
+        keras_model, carried = _load_mlflow(text, tracking_uri)
+        return KerasClassifier(keras_model, text, classes, batch_size, carried=carried)
     path = Path(text)
     if not path.exists():
         raise ModelLoadError(f"{path}: model not found (expected a .keras or .onnx file, an MLflow "
@@ -312,12 +471,14 @@ def load_classifier(
     if path.is_dir():
         if not (path / "MLmodel").is_file():
             raise ModelLoadError(f"{path}: a folder, but not an MLflow model (no MLmodel file inside)")
-        return KerasClassifier(_load_mlflow(str(path.resolve()), None), text, classes, batch_size)
+        keras_model, carried = _load_mlflow(str(path.resolve()), None)
+        return KerasClassifier(keras_model, text, classes, batch_size, carried=carried)
     suffix = path.suffix.lower()
     logger.info("loading model %s", path)
     if suffix == ".onnx":
         return OnnxClassifier(path, classes, batch_size)
     if suffix == ".keras":
-        return KerasClassifier(_load_keras_file(path), text, classes, batch_size)
+        return KerasClassifier(load_keras_model(path), text, classes, batch_size,
+                               carried=_keras_class_names(path))
     raise ModelLoadError(f"{path}: unsupported model file type {suffix or '(none)'!r} (expected .keras "
                          "or .onnx)")

@@ -8,6 +8,7 @@ the same inputs produces byte-identical files (DVC and users can then trust the 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io
 import json
@@ -39,13 +40,45 @@ def _default_mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Return the hex sha256 digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Return the hex digest of a file (``sha256`` for downloads; ``md5`` is what DVC records)."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
+# Temporary siblings of an output: ``.<name>.<random>.tmp`` (the output being written),
+# ``.<name>.old-<pid>`` (the previous output during the swap) and ``.<name>.<random>.scratch``
+# (work space). A process killed with SIGKILL cannot remove its own, so the next writer of the
+# same output does: DVC's repository lock means no other writer is at work on it.
+_OUTPUT_TEMPORARIES = (".{name}.*.tmp", ".{name}.old-*")
+_SCRATCH_TEMPORARIES = (".{name}.*.scratch",)
+
+
+def _remove_stale(final: Path, patterns: tuple[str, ...]) -> None:
+    for pattern in patterns:
+        for stale in sorted(final.parent.glob(pattern.format(name=glob.escape(final.name)))):
+            logger.info("removing %s, left behind by an interrupted run", stale)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def _new_sibling_directory(final: Path, suffix: str, stale: tuple[str, ...]) -> Path:
+    """A new empty ``.<name>.<random><suffix>`` directory beside ``final``, after removing stale ones."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(final, stale)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent))
+
+
+@contextlib.contextmanager
+def scratch_directory(next_to: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a work directory beside ``next_to`` (same file system), removed afterwards."""
+    scratch = _new_sibling_directory(Path(next_to), ".scratch", _SCRATCH_TEMPORARIES)
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -60,6 +93,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(final, _OUTPUT_TEMPORARIES)
     handle, temp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(handle)
     temp = Path(temp_name)
@@ -85,8 +119,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         A temporary directory in the same parent directory.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    temp = _new_sibling_directory(final, ".tmp", _OUTPUT_TEMPORARIES)
     try:
         yield temp
         os.chmod(temp, _default_mode(directory=True))

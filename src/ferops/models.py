@@ -7,19 +7,23 @@ output is float32 softmax even under a mixed-precision policy.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from pydantic import Field, field_validator
+
+from ferops.config import Section, check_choice
 from ferops.errors import ParamsError
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """In-graph augmentation settings (0 or False switches one off).
+class Augmentation(Section):
+    """In-graph augmentation settings, the ``train.augment`` params (0 or false switches one off).
 
     Attributes:
         flip: Random horizontal flips (faces are roughly symmetric; vertical flips are not used).
@@ -31,26 +35,26 @@ class Augmentation:
     """
 
     flip: bool = True
-    rotation: float = 0.05
-    zoom: float = 0.1
-    translation: float = 0.1
-    contrast: float = 0.2
-    erasing: float = 0.0
+    rotation: float = Field(0.05, ge=0, lt=1)
+    zoom: float = Field(0.1, ge=0, lt=1)
+    translation: float = Field(0.1, ge=0, lt=1)
+    contrast: float = Field(0.2, ge=0, lt=1)
+    erasing: float = Field(0.0, ge=0, lt=1)
 
+
+class ModelConfig(Section):
+    """The ``model`` params section.
+
+    Attributes:
+        arch: Architecture name, one of :data:`ARCHITECTURES`.
+    """
+
+    arch: str
+
+    @field_validator("arch")
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None) -> Augmentation:
-        """Build from the ``train.augment`` params mapping, refusing unknown keys."""
-        params = dict(params or {})
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ParamsError(f"train.augment: unknown key(s) {sorted(unknown)}; "
-                              f"known: {sorted(cls.__dataclass_fields__)}")
-        augmentation = cls(**params)
-        for name in ("rotation", "zoom", "translation", "contrast", "erasing"):
-            value = getattr(augmentation, name)
-            if not isinstance(value, int | float) or not 0 <= value < 1:
-                raise ParamsError(f"train.augment.{name}: expected a number in [0, 1), got {value!r}")
-        return augmentation
+    def _known_arch(cls, value: str) -> str:
+        return check_choice(value, sorted(ARCHITECTURES), "architecture")
 
 
 def augmentation_layers(settings: Augmentation, seed: int) -> list[Any]:
@@ -268,3 +272,41 @@ def build_model(
     model = keras.Model(inputs, outputs, name=arch)
     logger.info("built %s: %s parameters", arch, f"{model.count_params():,}")
     return model
+
+
+# The member of a saved ``.keras`` archive that carries the class names. Keras reads only its own
+# members (config.json, metadata.json, model.weights.h5, assets/) and ignores this one, so the
+# file still loads with plain ``keras.saving.load_model`` and no ferops installed.
+CLASS_NAMES_MEMBER = "ferops.json"
+
+
+def save_class_names(path: Path, classes: Sequence[str]) -> None:
+    """Record the class names inside a saved ``.keras`` file, so the model knows its labels.
+
+    Args:
+        path: A ``.keras`` archive written by Keras.
+        classes: Class names, index i = output unit i.
+    """
+    with zipfile.ZipFile(path, "a") as archive:
+        if CLASS_NAMES_MEMBER in archive.namelist():
+            raise ParamsError(f"{path}: already carries class names")
+        archive.writestr(CLASS_NAMES_MEMBER, json.dumps({"classes": list(classes)}))
+
+
+def load_class_names(path: Path) -> tuple[str, ...] | None:
+    """The class names a ``.keras`` file carries (None for files saved without them).
+
+    Raises:
+        ParamsError: The names are present but malformed.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if CLASS_NAMES_MEMBER not in archive.namelist():
+                return None
+            document = json.loads(archive.read(CLASS_NAMES_MEMBER))
+    except (zipfile.BadZipFile, OSError):
+        return None
+    classes = document.get("classes") if isinstance(document, dict) else None
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        raise ParamsError(f"{path}: {CLASS_NAMES_MEMBER} has no list of class names")
+    return tuple(classes)

@@ -9,15 +9,34 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
+from ferops.config import Section
 from ferops.errors import ParamsError
+from ferops.fer2013 import class_counts
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("random", "smote", "none")
+
+
+class OversampleConfig(Section):
+    """The ``oversample`` params section.
+
+    Attributes:
+        method: ``random`` (copies, imbalanced-learn RandomOverSampler), ``smote`` or ``none``.
+        classes: Class names that may be raised.
+        target_ratio: Each listed class is raised to this multiple of the median class count.
+        smote_k_neighbors: Neighbours SMOTE interpolates between.
+    """
+
+    method: Literal["random", "smote", "none"] = "random"
+    classes: tuple[str, ...] = ()
+    target_ratio: float = Field(0.5, gt=0, allow_inf_nan=False)
+    smote_k_neighbors: int = Field(5, gt=0)
 
 
 def sampling_targets(label: np.ndarray, raise_classes: Sequence[int], target_ratio: float
@@ -49,10 +68,6 @@ def sampling_targets(label: np.ndarray, raise_classes: Sequence[int], target_rat
         if have < target:
             targets[int(index)] = target
     return targets
-
-
-def _class_counts(label: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
-    return {name: int((label == index).sum()) for index, name in enumerate(classes)}
 
 
 def oversample(
@@ -121,8 +136,8 @@ def oversample(
         "targets": {classes[index]: target for index, target in sorted(targets.items())},
         "rows_before": count,
         "rows_after": int(len(out["label"])),
-        "class_counts_before": _class_counts(label, classes),
-        "class_counts_after": _class_counts(out["label"], classes),
+        "class_counts_before": class_counts(label, classes),
+        "class_counts_after": class_counts(out["label"], classes),
     }
     logger.info("oversample (%s): %d -> %d Training images; %s", method, count,
                 report["rows_after"], report["targets"] or "no class below its target")

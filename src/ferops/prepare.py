@@ -9,27 +9,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from ferops import cleaning, ferplus
-from ferops.errors import ParamsError
-from ferops.fer2013 import USAGES, Fer2013
+from ferops.config import Section
+from ferops.errors import DataError, ParamsError
+from ferops.fer2013 import USAGES, Fer2013, class_counts
 from ferops.figures import image_grid, panel_bars
+from ferops.io import read_json, save_arrays
 
 logger = logging.getLogger(__name__)
 
 LABEL_MODES = ("fer2013", "ferplus")
-LEAKAGE_METHODS = ("exact", "phash", "none")
 # Order matters: a row removed by several rules is counted under the first one.
 RULES = ("ferplus_unlabelled", "non_faces", "blank", "conflicting_duplicates", "leakage")
 SPLIT_FILES = {"Training": "train", "PublicTest": "public_test", "PrivateTest": "private_test"}
 
 
-@dataclass(frozen=True)
-class CleaningRules:
+class CleaningRules(Section):
     """Which cleaning rules are applied (to Training, and to the test splits if ``clean_test``).
+
+    The ``prepare.clean`` params section.
 
     Attributes:
         non_faces: Remove images FER+ voters called "not a face" (or that FER+ left unnamed).
@@ -43,31 +47,56 @@ class CleaningRules:
 
     non_faces: bool = True
     blank: bool = True
-    blank_std_max: float = 2.0
+    blank_std_max: float = Field(2.0, ge=0, allow_inf_nan=False)
     conflicting_duplicates: bool = True
-    leakage: str = "exact"
-    phash_max_distance: int = 4
+    leakage: Literal["exact", "phash", "none"] = "exact"
+    phash_max_distance: int = Field(4, ge=0, le=64)
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> CleaningRules:
-        """Build the rules from the ``prepare.clean`` params mapping, checking every value."""
-        known = set(cls.__dataclass_fields__)
-        unknown = set(params) - known
-        if unknown:
-            raise ParamsError(f"prepare.clean: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-        rules = cls(**params)
-        for name in ("non_faces", "blank", "conflicting_duplicates"):
-            if not isinstance(getattr(rules, name), bool):
-                raise ParamsError(f"prepare.clean.{name}: expected true or false")
-        if rules.leakage not in LEAKAGE_METHODS:
-            raise ParamsError(
-                f"prepare.clean.leakage: {rules.leakage!r} is not one of {', '.join(LEAKAGE_METHODS)}"
-            )
-        if not rules.blank_std_max >= 0:
-            raise ParamsError("prepare.clean.blank_std_max: expected a number >= 0")
-        if not 0 <= int(rules.phash_max_distance) <= 64:
-            raise ParamsError("prepare.clean.phash_max_distance: expected an integer in 0..64")
-        return rules
+
+class FerplusRules(Section):
+    """How FER+ votes become a label (the ``prepare.ferplus`` params section).
+
+    Attributes:
+        drop_single_votes: Treat an emotion's single vote as noise (the FER+ paper's rule).
+        majority: The winning emotion needs strictly more than this share of the votes.
+    """
+
+    drop_single_votes: bool = True
+    majority: float = Field(0.5, ge=0, lt=1)
+
+
+class JaffeCrop(Section):
+    """How JAFFE faces are found and cropped (the ``prepare.jaffe`` params section).
+
+    Attributes:
+        margin: Margin around the detected face box, as a fraction of the box size.
+        min_face_size: Smallest face side the detector looks for, in pixels.
+        on_no_face: ``center_crop`` or ``drop`` an image where no face is found.
+    """
+
+    margin: float = Field(0.02, ge=0, lt=1)
+    min_face_size: int = Field(80, gt=0)
+    on_no_face: Literal["center_crop", "drop"] = "center_crop"
+
+
+class PrepareConfig(Section):
+    """The ``prepare`` params section.
+
+    Attributes:
+        labels: Which labels train the model: ``fer2013`` (original) or ``ferplus`` (majority vote).
+        ferplus: The FER+ majority rule.
+        clean: The cleaning rules.
+        clean_test: Apply the rules to PublicTest/PrivateTest too (flags are recorded either way).
+        jaffe: JAFFE face cropping.
+        gallery_per_rule: Images per removal rule in the galleries.
+    """
+
+    labels: Literal["fer2013", "ferplus"] = "fer2013"
+    ferplus: FerplusRules = FerplusRules()
+    clean: CleaningRules = CleaningRules()
+    clean_test: bool = False
+    jaffe: JaffeCrop = JaffeCrop()
+    gallery_per_rule: int = Field(12, ge=0)
 
 
 @dataclass
@@ -134,14 +163,6 @@ def _enabled(rules: CleaningRules, labels: str) -> dict[str, bool]:
         "conflicting_duplicates": rules.conflicting_duplicates,
         "leakage": rules.leakage != "none",
     }
-
-
-def _class_counts(label: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
-    counts = {name: int((label == index).sum()) for index, name in enumerate(classes)}
-    unlabelled = int((label < 0).sum())
-    if unlabelled:
-        counts["(no label)"] = unlabelled
-    return counts
 
 
 def prepare_fer2013(
@@ -222,8 +243,8 @@ def prepare_fer2013(
             "rows_out": int(keep.sum()),
             "removed": {rule: int(in_split[rows].sum()) for rule, rows in removed_by.items()},
             "flagged": {rule: int((mask & in_split).sum()) for rule, mask in flags.items()},
-            "class_counts_before": _class_counts(label[in_split], classes),
-            "class_counts_after": _class_counts(label[keep], classes),
+            "class_counts_before": class_counts(label[in_split], classes),
+            "class_counts_after": class_counts(label[keep], classes),
         }
         if name != "Training":
             split_report[name]["clean_rows"] = int((keep & ~flagged_any).sum())
@@ -267,3 +288,42 @@ def plot_removed_gallery(
     ]
     image_grid(fer.images[shown], titles, path, columns=6,
                title=f"Removed by '{rule}': {len(rows):,} image(s), first {len(shown)} shown")
+
+
+def check_validation(path: Path) -> None:
+    """Refuse to prepare data that the validate stage did not pass.
+
+    Raises:
+        DataError: The validation summary is missing, or says the datasets failed.
+    """
+    summary = read_json(path, "validate", what="validation summary")
+    if summary.get("success") is not True:
+        raise DataError(f"{path}: the datasets failed validation; see reports/validation/")
+
+
+def write_prepared(result: PreparedFer, fer: Fer2013, external: Mapping[str, Mapping[str, np.ndarray]],
+                   classes: Sequence[str], gallery_per_rule: int, *, out: Path, figures: Path,
+                   galleries: Path) -> None:
+    """Write the prepared arrays, the class-distribution chart and the galleries.
+
+    Args:
+        result: What :func:`prepare_fer2013` returned.
+        fer: The parsed FER2013 (the galleries show its images).
+        external: ``ckplus`` and ``jaffe`` arrays by name.
+        classes: Class names in label order.
+        gallery_per_rule: Images per removal rule in the galleries.
+        out: Folder for the ``.npz`` arrays.
+        figures: Folder for the chart (goes into git).
+        galleries: Folder for figures that show dataset images (DVC-cached).
+    """
+    from ferops.external import plot_jaffe_crops
+
+    for split, name in SPLIT_FILES.items():
+        save_arrays(out / f"{name}.npz", result.splits[split])
+    for name, arrays in external.items():
+        save_arrays(out / f"{name}.npz", arrays)
+    plot_class_distribution(result.report, classes, str(figures / "class_distribution.png"))
+    for rule, rows in result.removed.items():
+        plot_removed_gallery(fer, result.label, rows, rule, classes, str(galleries / f"removed_{rule}.png"),
+                             gallery_per_rule)
+    plot_jaffe_crops(external["jaffe"], result.report["jaffe"], galleries / "jaffe_crops.png")

@@ -14,6 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import Field
+
+from ferops.config import Section
 from ferops.errors import FeropsError, ParamsError
 
 logger = logging.getLogger(__name__)
@@ -111,30 +114,25 @@ def register(tracking_uri: str, name: str, model_uri: str, tags: Mapping[str, st
     return version, created
 
 
-@dataclass(frozen=True)
-class Gate:
-    """Promotion thresholds, in percentage points (see ``promote`` in params.yaml)."""
+class RegistryConfig(Section):
+    """The ``registry`` params section.
 
-    min_accuracy: float = 50.0
-    max_accuracy_drop: float = 0.0
-    max_class_recall_drop: float = 5.0
-    max_cross_dataset_drop: float = 3.0
+    Attributes:
+        name: The registered model that the register stage adds versions to.
+        alias: The alias the register stage points at the newest version.
+    """
 
-    @classmethod
-    def from_params(cls, section: Mapping[str, Any]) -> Gate:
-        """Build from the ``promote`` params section, rejecting unknown keys and bad values."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ParamsError(f"promote: unknown key(s) {', '.join(unknown)}; "
-                              f"expected {', '.join(sorted(known))}")
-        values = {}
-        for key, value in section.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ParamsError(f"promote.{key}: expected a number of percentage points >= 0, "
-                                  f"got {value!r}")
-            values[key] = float(value)
-        return cls(**values)
+    name: str = Field(min_length=1)
+    alias: str = Field(min_length=1)
+
+
+class Gate(Section):
+    """Promotion thresholds in percentage points: the ``promote`` params section."""
+
+    min_accuracy: float = Field(50.0, ge=0, le=100)
+    max_accuracy_drop: float = Field(0.0, ge=0, le=100)
+    max_class_recall_drop: float = Field(5.0, ge=0, le=100)
+    max_cross_dataset_drop: float = Field(3.0, ge=0, le=100)
 
 
 @dataclass

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ferops.config import Section, build
 from ferops.errors import FeropsError, ParamsError
 
 logger = logging.getLogger("ferops")
@@ -49,12 +50,21 @@ def read_params(path: str | os.PathLike[str], *sections: str) -> dict[str, Any]:
     return {section: data[section] for section in sections}
 
 
-def require_choice(value: Any, choices: Mapping[str, Any] | list[str], field: str) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise a ParamsError naming the field."""
-    if value not in choices:
-        options = ", ".join(map(str, choices))
-        raise ParamsError(f"{field}: {value!r} is not one of: {options}")
-    return value
+def read_configs(path: str | os.PathLike[str], **schemas: type[Section]) -> dict[str, Any]:
+    """Read params sections and build each one's checked config (see :func:`ferops.config.build`).
+
+    Args:
+        path: The YAML params file.
+        **schemas: Section name to its schema, e.g. ``train=TrainConfig``.
+
+    Returns:
+        Section name to its frozen config.
+
+    Raises:
+        ParamsError: The file or a section is missing, or a section has a bad key or value.
+    """
+    sections = read_params(path, *schemas)
+    return {name: build(schema, sections[name], name) for name, schema in schemas.items()}
 
 
 def run_stage(name: str, body: Callable[[], None]) -> int:

@@ -2,7 +2,9 @@
 
 The model and the face detector are loaded once, when the app is built. Uploads are limited in
 size twice: a request whose ``Content-Length`` (or streamed body) exceeds the cap is refused with
-413 before the multipart parser spools it, and the image file itself is checked again.
+413 before the multipart parser spools it, and the image file itself is checked again. The image's
+dimensions are then read from its header, and an image above the pixel limit (``--max-pixels``)
+is refused with 413 before it is decoded: a small file can hold a huge flat image.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import time
 from importlib import resources
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ferops.errors import FeropsError
-from ferops.predict import Predictor, decode_image
+from ferops.media import DEFAULT_MAX_PIXELS, EmptyImageError, ImageError, ImageTooLargeError, decode_image
+from ferops.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +91,15 @@ class BodyLimit:
                 await self._refuse(send)
 
 
-def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> BodyLimit:
+def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> BodyLimit:
     """Build the FastAPI app.
 
     Args:
         predictor: Detector and loaded classifier (loaded once, shared by all requests).
         max_upload_bytes: Largest accepted image file; larger uploads get 413.
+        max_pixels: Largest accepted image (width x height, read from its header before
+            decoding); larger images get 413.
 
     Returns:
         An ASGI application (FastAPI wrapped in the body-size limit).
@@ -103,6 +108,8 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
                   "each face's box, expression and class probabilities.", version="1")
     page = resources.files("ferops").joinpath("static/index.html").read_text(encoding="utf-8")
     # OpenCV's Haar cascade object is not documented as thread-safe: detection runs one at a time.
+    # Decoding runs under the same lock, so however many uploads arrive together, only one decoded
+    # image (at most max_pixels) is in memory at a time.
     detect_lock = threading.Lock()
 
     def error(status: int, message: str) -> JSONResponse:
@@ -117,13 +124,15 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
         """Liveness and which model is loaded."""
         return {"status": "ok", "model": predictor.classifier.source, "backend": predictor.classifier.backend,
                 "detector": predictor.detector.backend, "classes": list(predictor.classes),
-                "max_upload_bytes": max_upload_bytes}
+                "max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
 
-    def run(image: np.ndarray) -> list[dict[str, Any]]:
+    def run(data: bytes, name: str) -> tuple[tuple[int, int], list[dict[str, Any]]]:
         with detect_lock:
+            image = decode_image(data, name, max_pixels=max_pixels)
             faces = predictor.predict(image, source="upload")
-        return [{key: value for key, value in face.to_dict().items() if key not in ("source", "frame")}
-                for face in faces]
+            height, width = image.shape[:2]
+        return (width, height), [{key: value for key, value in face.to_dict().items()
+                                  if key not in ("source", "frame")} for face in faces]
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
@@ -147,15 +156,16 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
         if len(data) > max_upload_bytes:
             return error(413, f"upload too large: {len(data)} bytes, the limit is {max_upload_bytes} bytes "
                               "per image")
-        if not data:
-            return error(400, "the uploaded file is empty")
         started = time.perf_counter()
-        image = await run_in_threadpool(decode_image, data)
-        if image is None:
-            return error(415, f"{upload.filename or 'the upload'}: not an image OpenCV can decode "
-                              "(send JPEG, PNG, BMP, TIFF or WebP)")
-        faces = await run_in_threadpool(run, image)
-        return JSONResponse({"width": int(image.shape[1]), "height": int(image.shape[0]), "faces": faces,
+        try:
+            (width, height), faces = await run_in_threadpool(run, data, upload.filename or "the upload")
+        except EmptyImageError as exc:
+            return error(400, str(exc))
+        except ImageTooLargeError as exc:
+            return error(413, str(exc))
+        except ImageError as exc:
+            return error(415, str(exc))
+        return JSONResponse({"width": int(width), "height": int(height), "faces": faces,
                              "model": predictor.classifier.source,
                              "elapsed_ms": round(1000 * (time.perf_counter() - started), 1)})
 
@@ -169,7 +179,7 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
 
 
 def serve(predictor: Predictor, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Run the service with uvicorn until interrupted.
 
     Args:
@@ -177,6 +187,7 @@ def serve(predictor: Predictor, *, host: str = DEFAULT_HOST, port: int = DEFAULT
         host: Interface to bind (default loopback only; ``0.0.0.0`` exposes it to the network).
         port: TCP port.
         max_upload_bytes: Largest accepted image file.
+        max_pixels: Largest accepted image (width x height).
 
     Raises:
         FeropsError: The port is invalid.
@@ -188,6 +199,6 @@ def serve(predictor: Predictor, *, host: str = DEFAULT_HOST, port: int = DEFAULT
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the service is reachable from other machines and has no "
                        "authentication", host)
-    app = create_app(predictor, max_upload_bytes=max_upload_bytes)
+    app = create_app(predictor, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
     logger.info("serving %s on http://%s:%d/ (Ctrl-C to stop)", predictor.classifier.source, host, port)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,40 +1,39 @@
 """Train a classifier from the zoo: input pipeline, optimiser, schedule, callbacks, fit.
 
-Every setting comes in through :class:`TrainConfig` (built from params.yaml by the stage), and
-is checked before anything slow happens.
+Every setting comes in through :class:`TrainConfig` (the ``train`` section of params.yaml, built
+with :func:`ferops.config.build`), checked before anything slow happens.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
+from ferops.config import Section
 from ferops.errors import DataError, ParamsError
-from ferops.models import ARCHITECTURES, Augmentation, build_model
+from ferops.io import atomic_file
+from ferops.models import Augmentation, build_model
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
 # onecycle: the warm-up starts at this fraction of the peak learning rate.
 ONECYCLE_START = 0.04
-CLASS_WEIGHTS = ("none", "balanced")
-TARGETS = ("hard", "soft")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a training run (the ``model`` and ``train`` params sections).
+class TrainConfig(Section):
+    """Everything in the ``train`` params section: what decides a training run.
 
     Attributes:
-        arch: Architecture name (see :data:`ferops.models.ARCHITECTURES`).
         epochs: Maximum number of epochs.
         batch_size: Images per step (per replica count is handled by the strategy).
         lr: Peak learning rate.
@@ -48,7 +47,8 @@ class TrainConfig:
         schedule: ``cosine`` (with warm-up), ``onecycle`` (linear warm-up from 4 % of ``lr``,
             then linear decay to 0 at the last step), ``constant`` (with warm-up) or ``plateau``
             (halve the LR when validation accuracy stalls; no warm-up).
-        warmup_epochs: Linear warm-up length in epochs (fractions allowed).
+        warmup_fraction: Linear warm-up length as a share of all training steps, so that any
+            epoch count works (``dvc exp run -S train.epochs=1`` included).
         label_smoothing: Cross-entropy label smoothing.
         class_weight: ``none`` or ``balanced`` (inverse class frequency).
         patience: Early-stopping patience in epochs on validation accuracy (0 = off).
@@ -57,87 +57,36 @@ class TrainConfig:
         augment: In-graph augmentation.
         max_train_images: Use only this many Training images (a small profile); None = all.
         max_minutes: Stop after the epoch that crosses this wall-time budget; None = no budget.
-        seed: Random seed (weights, shuffling, augmentation).
     """
 
-    arch: str = "mini_xception"
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0, allow_inf_nan=False)
     decay_norm_and_bias: bool = True
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    class_weight: str = "none"
-    patience: int = 0
-    target: str = "hard"
-    mixed_precision: str = "auto"
-    augment: Augmentation = field(default_factory=Augmentation)
-    max_train_images: int | None = None
-    max_minutes: float | None = None
-    seed: int = 42
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["cosine", "onecycle", "plateau", "constant"] = "cosine"
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    class_weight: Literal["none", "balanced"] = "none"
+    patience: int = Field(0, ge=0)
+    target: Literal["hard", "soft"] = "hard"
+    mixed_precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
+    augment: Augmentation = Augmentation()
+    max_train_images: int | None = Field(None, gt=0)
+    max_minutes: float | None = Field(None, gt=0, allow_inf_nan=False)
 
-    @classmethod
-    def from_params(cls, model: Mapping[str, Any], train: Mapping[str, Any], seed: int) -> TrainConfig:
-        """Build and check the config from the ``model`` and ``train`` params sections.
+    @model_validator(mode="after")
+    def _enough_images(self) -> TrainConfig:
+        if self.max_train_images is not None and self.max_train_images < self.batch_size:
+            raise ValueError(f"max_train_images ({self.max_train_images}) must be null or at least "
+                             f"batch_size ({self.batch_size})")
+        return self
 
-        Raises:
-            ParamsError: An unknown key or an invalid value (named, with what was expected).
-        """
-        train = dict(train)
-        known = set(cls.__dataclass_fields__) - {"arch", "seed"}
-        unknown = set(train) - known
-        if unknown:
-            raise ParamsError(f"train: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-        augment = Augmentation.from_params(train.pop("augment", None))
-        config = cls(arch=str(model.get("arch", cls.arch)), augment=augment, seed=int(seed), **train)
-        config.check()
-        return config
-
-    def check(self) -> None:
-        """Refuse invalid settings with a message naming the parameter."""
-        def need(condition: bool, key: str, expected: str, value: Any) -> None:
-            if not condition:
-                raise ParamsError(f"{key}: expected {expected}, got {value!r}")
-
-        need(self.arch in ARCHITECTURES, "model.arch", f"one of {', '.join(sorted(ARCHITECTURES))}",
-             self.arch)
-        need(self.optimizer in OPTIMIZERS, "train.optimizer", f"one of {', '.join(OPTIMIZERS)}",
-             self.optimizer)
-        need(self.schedule in SCHEDULES, "train.schedule", f"one of {', '.join(SCHEDULES)}",
-             self.schedule)
-        need(self.class_weight in CLASS_WEIGHTS, "train.class_weight",
-             f"one of {', '.join(CLASS_WEIGHTS)}", self.class_weight)
-        need(self.target in TARGETS, "train.target", f"one of {', '.join(TARGETS)}", self.target)
-        need(_number(self.lr) and self.lr > 0, "train.lr", "a number > 0", self.lr)
-        need(isinstance(self.batch_size, int) and self.batch_size > 0, "train.batch_size",
-             "an integer > 0", self.batch_size)
-        need(isinstance(self.epochs, int) and self.epochs > 0, "train.epochs", "an integer > 0",
-             self.epochs)
-        need(_number(self.weight_decay) and self.weight_decay >= 0, "train.weight_decay",
-             "a number >= 0", self.weight_decay)
-        need(isinstance(self.decay_norm_and_bias, bool), "train.decay_norm_and_bias", "true or false",
-             self.decay_norm_and_bias)
-        need(_number(self.momentum) and 0 <= self.momentum < 1, "train.momentum", "a number in [0, 1)",
-             self.momentum)
-        need(_number(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
-             "train.warmup_epochs", "a number >= 0 and below train.epochs", self.warmup_epochs)
-        need(_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
-             "train.label_smoothing", "a number in [0, 1)", self.label_smoothing)
-        need(isinstance(self.patience, int) and self.patience >= 0, "train.patience",
-             "an integer >= 0", self.patience)
-        need(self.max_train_images is None or (isinstance(self.max_train_images, int)
-                                               and self.max_train_images >= self.batch_size),
-             "train.max_train_images", "null or an integer >= train.batch_size", self.max_train_images)
-        need(self.max_minutes is None or (_number(self.max_minutes) and self.max_minutes > 0),
-             "train.max_minutes", "null or a number > 0", self.max_minutes)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        """Number of warm-up steps for a run of ``steps_per_epoch`` steps per epoch."""
+        return int(round(self.warmup_fraction * self.epochs * steps_per_epoch))
 
 
 @dataclass
@@ -199,20 +148,54 @@ def targets_for(arrays: Mapping[str, np.ndarray], target: str, n_classes: int, w
 
 def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, *, training: bool,
                  seed: int) -> Any:
-    """A ``tf.data`` pipeline over in-memory uint8 images.
+    """The input pipeline over in-memory uint8 images, for the active Keras backend.
 
-    Training batches are shuffled each epoch and always full (``drop_remainder``): TensorFlow
-    2.21's oneDNN kernels crash on a ragged last batch with some separable-conv nets.
+    Training batches are shuffled each epoch and always full (the last partial batch is dropped):
+    TensorFlow 2.21's oneDNN kernels crash on a ragged last batch with some separable-conv nets,
+    and full batches keep every backend's compiled step at one shape. Under TensorFlow this is a
+    ``tf.data`` pipeline (parallel casting and prefetching); under JAX and PyTorch a
+    ``keras.utils.PyDataset`` over the same arrays, so nothing needs TensorFlow there.
     """
-    import tensorflow as tf
+    import keras
 
-    dataset = tf.data.Dataset.from_tensor_slices((images[..., None], targets))
-    if training:
-        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=training)
-    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y),
-                          num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        dataset = tf.data.Dataset.from_tensor_slices((images[..., None], targets))
+        if training:
+            dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size, drop_remainder=training)
+        dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+    return _array_batches(images, targets, batch_size, training=training, seed=seed)
+
+
+def _array_batches(images: np.ndarray, targets: np.ndarray, batch_size: int, *, training: bool,
+                   seed: int) -> Any:
+    import keras
+
+    class ArrayBatches(keras.utils.PyDataset):
+        """Batches of float32 images and their targets; a new seeded order every training epoch."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(images)) if training else np.arange(len(images))
+
+        def __len__(self) -> int:
+            full, rest = divmod(len(images), batch_size)
+            return full if training or not rest else full + 1
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            rows = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
+            return images[rows][..., None].astype(np.float32), targets[rows]
+
+        def on_epoch_end(self) -> None:
+            if training:
+                self.order = self.rng.permutation(len(images))
+
+    return ArrayBatches()
 
 
 def one_cycle_rate(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
@@ -236,10 +219,9 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int) -> Any:
 
     if config.schedule == "plateau":
         return config.lr
+    warmup = config.warmup_steps(steps_per_epoch)
     if config.schedule == "onecycle":
-        return one_cycle_rate(0, config.epochs * steps_per_epoch,
-                              int(round(config.warmup_epochs * steps_per_epoch)), config.lr)
-    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+        return one_cycle_rate(0, config.epochs * steps_per_epoch, warmup, config.lr)
     total = config.epochs * steps_per_epoch
     # CosineDecay with alpha=1 stays flat after the warm-up: the "constant" schedule.
     alpha = 1.0 if config.schedule == "constant" else 0.01
@@ -313,7 +295,7 @@ def _one_cycle_callback(config: TrainConfig, steps_per_epoch: int) -> Any:
     import keras
 
     total = config.epochs * steps_per_epoch
-    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    warmup = config.warmup_steps(steps_per_epoch)
 
     class OneCycle(keras.callbacks.Callback):
         """Sets the ``onecycle`` rate before every step.
@@ -352,32 +334,36 @@ def train(
     train_arrays: Mapping[str, np.ndarray],
     val_arrays: Mapping[str, np.ndarray],
     *,
+    arch: str,
+    seed: int,
     n_classes: int,
     image_size: int,
     checkpoint: Path,
     strategy: Any = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train ``config.arch`` on the Training arrays, validating on PublicTest each epoch.
+    """Train ``arch`` on the Training arrays, validating on PublicTest each epoch.
 
     Args:
         config: The checked training config.
+        arch: Architecture name (``model.arch``).
+        seed: Random seed (weights, shuffling, augmentation; ``base.seed``).
         train_arrays: Training split (``images``, ``label``, ``soft_label``...).
         val_arrays: Validation split (PublicTest).
         n_classes: Number of classes.
         image_size: Image side.
         checkpoint: Where the best model (by validation accuracy) is saved during training.
-        strategy: A ``tf.distribute`` strategy (None: the default one).
+        strategy: A ``tf.distribute`` strategy to build the model under (TensorFlow with several
+            GPUs); None: no strategy scope.
         on_epoch: Called after each epoch with (epoch number, metrics).
 
     Returns:
         The best model, per-epoch history and timing.
     """
     import keras
-    import tensorflow as tf
 
-    keras.utils.set_random_seed(config.seed)
-    train_arrays = subsample(train_arrays, config.max_train_images, config.seed)
+    keras.utils.set_random_seed(seed)
+    train_arrays = subsample(train_arrays, config.max_train_images, seed)
     train_y = targets_for(train_arrays, config.target, n_classes, "training data")
     val_y = targets_for(val_arrays, "hard", n_classes, "validation data")
     steps = len(train_y) // config.batch_size
@@ -385,12 +371,11 @@ def train(
         raise ParamsError(f"train.batch_size: {config.batch_size} is larger than the "
                           f"{len(train_y)} training images")
     train_ds = make_dataset(train_arrays["images"], train_y, config.batch_size, training=True,
-                            seed=config.seed)
+                            seed=seed)
     val_ds = make_dataset(val_arrays["images"], val_y, config.batch_size, training=False,
-                          seed=config.seed)
-    strategy = strategy or tf.distribute.get_strategy()
-    with strategy.scope():
-        model = build_model(config.arch, n_classes, image_size, config.augment, config.seed)
+                          seed=seed)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(arch, n_classes, image_size, config.augment, seed)
         model.compile(
             optimizer=make_optimizer(config, steps),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
@@ -417,16 +402,66 @@ def train(
         callbacks.append(_time_budget_callback(config.max_minutes, start))
     class_weight = (balanced_class_weight(train_arrays["label"], n_classes)
                     if config.class_weight == "balanced" else None)
-    logger.info("training %s on %d images (%d steps/epoch of %d), validating on %d", config.arch,
+    logger.info("training %s on %d images (%d steps/epoch of %d), validating on %d", arch,
                 len(train_y), steps, config.batch_size, len(val_y))
-    # shuffle=False: the tf.data pipeline already reshuffles every epoch.
+    # shuffle=False: the input pipeline already reshuffles every epoch.
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
               class_weight=class_weight, shuffle=False, verbose=0)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     history = {key: [row[key] for row in rows] for key in rows[0]}
     epochs_run = len(history["val_accuracy"])
     best_epoch = int(np.argmax(history["val_accuracy"])) + 1
+    best_epoch_value = history["val_accuracy"][best_epoch - 1]
+    logger.info("best PublicTest accuracy %.4f at epoch %d of %d", best_epoch_value, best_epoch, epochs_run)
     best = keras.saving.load_model(checkpoint)
     return TrainResult(model=best, history=history, best_epoch=best_epoch, epochs_run=epochs_run,
                        seconds=seconds, images_per_second=epochs_run * steps * config.batch_size / seconds,
                        cpu_seconds=cpu_seconds)
+
+
+def training_summary(result: TrainResult, arch: str, hardware: Any, run_id: str,
+                     data_md5: Mapping[str, str]) -> dict[str, Any]:
+    """The train stage's JSON report (``reports/train.json``) of a finished run.
+
+    Args:
+        result: The finished run.
+        arch: Architecture name.
+        hardware: The :class:`ferops.hardware.Hardware` it trained on.
+        run_id: Its MLflow run.
+        data_md5: DVC md5 of the training and validation inputs.
+    """
+    return {
+        "arch": arch,
+        "parameters": int(result.model.count_params()),
+        "labels": "training labels of data/prepared (see prepare.labels)",
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "best": {key: values[result.best_epoch - 1] for key, values in result.history.items()},
+        "final": {key: values[-1] for key, values in result.history.items()},
+        "train_seconds": round(result.seconds, 1),
+        # CPU seconds of the training process: on a shared machine, divided by the number of
+        # cores this estimates how long the run would have taken alone.
+        "train_cpu_seconds": round(result.cpu_seconds, 1),
+        "images_per_second": round(result.images_per_second, 1),
+        "backend": hardware.backend,
+        "devices": list(hardware.devices),
+        "precision": hardware.precision,
+        "mlflow_run_id": run_id,
+        "data_md5": dict(data_md5),
+    }
+
+
+def summary_metrics(result: TrainResult) -> dict[str, float]:
+    """The run-level metrics logged to MLflow beside the per-epoch ones."""
+    return {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
+            "train_seconds": result.seconds, "train_images_per_second": result.images_per_second}
+
+
+def write_history(path: Path, history: Mapping[str, Sequence[float]]) -> None:
+    """Per-epoch metrics as CSV, one row per epoch (DVC plot data)."""
+    keys = sorted(history)
+    with atomic_file(path) as temp, open(temp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", *keys])
+        for index in range(len(history[keys[0]])):
+            writer.writerow([index + 1, *(f"{history[key][index]:.6g}" for key in keys)])
