@@ -112,9 +112,9 @@ def main() -> None:
     model.compile(optimizer=make_optimizer(config, len(images) // config.batch_size),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing))
     dataset = make_dataset(images, targets, config.batch_size, training=True, seed=seed).repeat()
-    model.fit(dataset, epochs=1, steps_per_epoch=6, verbose=0)
+    model.fit(dataset, epochs=1, steps_per_epoch=6, shuffle=False, verbose=0)
     start = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0)
+    model.fit(dataset, epochs=1, steps_per_epoch=args.steps, shuffle=False, verbose=0)
     images_per_second = args.steps * config.batch_size / (time.perf_counter() - start)
 
     forward, convs = forward_flops(model)

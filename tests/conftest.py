@@ -94,6 +94,12 @@ def brief_params(directory: Path, *, model: str = "mini_xception", **train: obje
     return path
 
 
+def _clean_mlflow_env() -> dict[str, str]:
+    """os.environ without the MLflow URIs that mlflow.set_*_uri calls of earlier tests left there."""
+    return {key: value for key, value in os.environ.items()
+            if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+
 @dataclass
 class TrainedRun:
     """A real (brief) training run of the train stage, logged to its own SQLite store."""
@@ -119,7 +125,7 @@ def train_briefly(work: Path, prepared: Path, tracking_uri: str, *, env: dict[st
          "--model", str(run.model), "--report", str(run.report),
          "--history", str(work / "history.csv"), "--figure", str(work / "curves.png"),
          "--receipt", str(run.receipt)],
-        check=True, cwd=work, env={**os.environ, **(env or {}), "MLFLOW_TRACKING_URI": tracking_uri},
+        check=True, cwd=work, env={**_clean_mlflow_env(), **(env or {}), "MLFLOW_TRACKING_URI": tracking_uri},
     )
     return run
 
@@ -371,9 +377,11 @@ class TeamServer:
 
     def env(self, user: str | None = "alice", password: str | None = None) -> dict[str, str]:
         """The environment of a client logged in as ``user`` (None: anonymous)."""
+        # MLflow's set_tracking_uri/set_registry_uri also set these variables for the whole test
+        # process: a registry URI left by another test would send `mlflow models serve` there.
         env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("MLFLOW_TRACKING_", "MLFLOW_AUTH_"))}
-        env["MLFLOW_TRACKING_URI"] = self.url
+               if not key.startswith(("MLFLOW_TRACKING_", "MLFLOW_AUTH_", "MLFLOW_REGISTRY_"))}
+        env["MLFLOW_TRACKING_URI"] = env["MLFLOW_REGISTRY_URI"] = self.url
         if user:
             env["MLFLOW_TRACKING_USERNAME"] = user
             env["MLFLOW_TRACKING_PASSWORD"] = password or (self.admin[1] if user == self.admin[0]
