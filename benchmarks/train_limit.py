@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from ferops.config import BaseConfig, build
 from ferops.hardware import configure
 from ferops.io import load_arrays
-from ferops.models import ModelConfig, build_model
-from ferops.training import TrainConfig, make_dataset, make_optimizer, targets_for
+from ferops.models import build_model
+from ferops.training import make_dataset, make_optimizer, targets_for
+from train_throughput import recipe  # the sibling script: the same params handling
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,14 +90,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed training steps")
     args = parser.parse_args()
 
-    params = yaml.safe_load(Path(args.params).read_text())
-    if args.arch:
-        params["model"]["arch"] = args.arch
-    if args.batch:
-        params["train"]["batch_size"] = args.batch
-    config = build(TrainConfig, params["train"], "train")
-    arch = build(ModelConfig, params["model"], "model").arch
-    seed = build(BaseConfig, params["base"], "base").seed
+    config, arch, seed = recipe(Path(args.params), args.arch, args.batch)
     hardware = configure(config.mixed_precision)
     dtype = "bfloat16" if "bfloat16" in hardware.precision else (
         "float16" if "float16" in hardware.precision else "float32")

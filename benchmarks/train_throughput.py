@@ -51,6 +51,18 @@ def measure(run: Callable[[int], None], warmup: int, steps: int, batch_size: int
     return images / wall, images / (cpu / (os.cpu_count() or 1))
 
 
+def recipe(params_path: Path, arch: str | None = None,
+           batch_size: int | None = None) -> tuple[TrainConfig, str, int]:
+    """The checked train config, architecture and seed of a params file, with overrides."""
+    params = yaml.safe_load(params_path.read_text())
+    if arch:
+        params["model"]["arch"] = arch
+    if batch_size:
+        params["train"]["batch_size"] = batch_size
+    return (build(TrainConfig, params["train"], "train"), build(ModelConfig, params["model"], "model").arch,
+            build(BaseConfig, params["base"], "base").seed)
+
+
 def compiled(config: TrainConfig, arch: str, seed: int, augmented: bool, steps_per_epoch: int) -> object:
     import keras
 
@@ -71,12 +83,7 @@ def main() -> None:
     parser.add_argument("--arch", help="a model.arch to measure instead of the one in params.yaml")
     args = parser.parse_args()
 
-    params = yaml.safe_load(Path(args.params).read_text())
-    if args.arch:
-        params["model"]["arch"] = args.arch
-    config = build(TrainConfig, params["train"], "train")
-    arch = build(ModelConfig, params["model"], "model").arch
-    seed = build(BaseConfig, params["base"], "base").seed
+    config, arch, seed = recipe(Path(args.params), args.arch)
     hardware = configure(config.mixed_precision)
     arrays = load_arrays(args.train)
     images, targets = arrays["images"], targets_for(arrays, "hard", 7, "training data")
