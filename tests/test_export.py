@@ -96,3 +96,32 @@ def test_exported_file_carries_the_class_names(tmp_path, capsys):
         export_onnx(model, tmp_path / "bad.onnx", classes=names[:2])
     assert not (tmp_path / "bad.onnx").exists()
 
+
+
+def test_flip_tta_is_in_the_exported_graph_unless_turned_off(usage_model, onnx_model, tmp_path, raw_dir,
+                                                             caplog):
+    from ferops.inference import ModelLoadError, OnnxClassifier
+
+    model = keras.saving.load_model(usage_model, compile=False)
+    plain_path = export_onnx(model, tmp_path / "plain.onnx", tta="none")
+    metadata = {prop.key: prop.value for prop in onnx.load(str(onnx_model)).metadata_props}
+    assert metadata["tta"] == "flip"
+    assert {prop.key: prop.value for prop in onnx.load(str(plain_path)).metadata_props}["tta"] == "none"
+    faces = ckplus_faces(raw_dir, 12)
+    in_graph, plain = OnnxClassifier(onnx_model), OnnxClassifier(plain_path, tta="none")
+    assert in_graph.tta_in_graph and not plain.tta_in_graph
+    pixels = preprocess(faces)
+    expected = (plain.classify(faces) + plain.predict(pixels[:, :, ::-1])) / 2
+    np.testing.assert_allclose(in_graph.classify(faces), expected, atol=1e-5)
+    # A plain file gets the mirror view from Python instead: the same answer, by default.
+    np.testing.assert_allclose(OnnxClassifier(plain_path).classify(faces), expected, atol=1e-5)
+    assert np.abs(plain.classify(faces) - expected).max() > 1e-3
+    assert parity(model, plain_path, pixels) <= 1e-4
+    with pytest.raises(ModelLoadError, match="averages each face with its mirror image in its graph"):
+        OnnxClassifier(onnx_model, tta="none")
+    # The CLI: --no-tta exports the plain graph; predicting with a flip file and --no-tta is refused.
+    out = tmp_path / "cli-plain.onnx"
+    assert main(["export", "--model", str(usage_model), "-o", str(out), "--no-tta"]) == 0
+    assert {prop.key: prop.value for prop in onnx.load(str(out)).metadata_props}["tta"] == "none"
+    assert main(["predict", str(tmp_path), "--model", str(onnx_model), "--no-tta"]) == 1
+    assert "export again with `ferops export --no-tta`" in caplog.text

@@ -227,6 +227,28 @@ def test_cli_model_forms(raw_dir, usage_model, onnx_model, usage_registry, train
         np.testing.assert_allclose(probabilities, reference, atol=1e-4, err_msg=form)
 
 
+def test_cli_flip_tta_by_default_and_no_tta_flag(raw_dir, usage_model, tmp_path):
+    canvas, tiles = multi_face_canvas(raw_dir, 2, offset=30)
+    cv2.imwrite(str(tmp_path / "two.png"), canvas)
+    documents = {}
+    for flags in ([], ["--no-tta"]):
+        out = tmp_path / f"out{len(flags)}.json"
+        assert main(["predict", str(tmp_path / "two.png"), "--model", str(usage_model), "-o", str(out),
+                     *flags]) == 0
+        documents[len(flags)] = json.loads(out.read_text())
+    assert documents[0]["tta"] == "flip" and documents[1]["tta"] == "none"
+    flip, plain = (np.array([list(f["probabilities"].values()) for f in documents[key]["faces"]])
+                   for key in (0, 1))
+    # The default averages each face with its mirror image: the plain model on the mirrored crops
+    # gives the other half.
+    classifier = load_classifier(usage_model, tta="none")
+    crops = Predictor(classifier, FaceDetector()).crops(canvas)[1]
+    mirrored = classifier.classify(np.stack(crops)[:, :, ::-1])
+    np.testing.assert_allclose(plain, classifier.classify(crops), atol=1e-5)
+    np.testing.assert_allclose(flip, (plain + mirrored) / 2, atol=1e-5)
+    assert np.abs(flip - plain).max() > 1e-3
+
+
 def test_cli_clear_errors(onnx_model, usage_registry, tmp_path, caplog):
     uri, name = usage_registry
     assert main(["predict", str(tmp_path), "--model", f"models:/{name}@nosuchalias",

@@ -64,6 +64,7 @@ def test_health(server):
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok" and body["model"].endswith("@champion") and body["classes"] == list(CLASSES)
+    assert body["tta"] == "flip"  # the mirror view is averaged in by default
 
 
 def test_upload_real_faces(server, two_faces, raw_dir):

@@ -2,10 +2,18 @@ import numpy as np
 import pytest
 
 from ferops.config import build
-from ferops.errors import ParamsError
+from ferops.errors import DataError, ParamsError
 from ferops.io import load_arrays
 from ferops.models import ARCHITECTURES, Augmentation, ModelConfig, build_model, space_to_depth
-from ferops.training import TrainConfig, make_optimizer, one_cycle_rate, subsample, train
+from ferops.training import (
+    TrainConfig,
+    make_dataset,
+    make_optimizer,
+    one_cycle_rate,
+    subsample,
+    targets_for,
+    train,
+)
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -19,6 +27,10 @@ from ferops.training import TrainConfig, make_optimizer, one_cycle_rate, subsamp
     ({"learning_rate": 0.1}, "train.learning_rate: unknown key; known keys here: augment, batch_size, "),
     ({"augment": {"rotation": 2}}, "train.augment.rotation: Input should be less than 1; got 2"),
     ({"augment": {"flipp": True}}, "train.augment.flipp: unknown key; known keys here: contrast, erasing, "),
+    ({"target": "mix"}, "train.target: Input should be 'hard', 'soft' or 'blend'; got 'mix'"),
+    ({"blend_alpha": 1.5}, "train.blend_alpha: Input should be less than or equal to 1; got 1.5"),
+    ({"ema_momentum": 1}, "train.ema_momentum: Input should be less than 1; got 1"),
+    ({"mixup": -0.2}, "train.mixup: Input should be greater than or equal to 0; got -0.2"),
     ({"max_train_images": 10}, r"train: max_train_images \(10\) must be null or at least batch_size \(128\)"),
 ])
 def test_bad_params_fail_before_training(change, message):
@@ -45,7 +57,7 @@ def test_any_epoch_count_has_a_valid_warm_up(epochs):
 
 def test_unknown_architecture_lists_the_choices():
     with pytest.raises(ParamsError, match="model.arch: architecture 'alexnet' is not one of: mini_xception, "
-                                          "resnet, resnet_s2d, seed_cnn, vgg"):
+                                          "resnet, resnet_s2d, resnet_s2d_gelu, seed_cnn, vgg"):
         build(ModelConfig, {"arch": "alexnet"}, "model")
     with pytest.raises(ParamsError, match="unknown architecture 'alexnet'"):
         build_model("alexnet")
@@ -169,3 +181,75 @@ def test_separable_net_trains_a_full_epoch_on_the_full_training_split(prepared_d
     # is still at the mercy of BatchNorm's moving statistics, so it is not asserted).
     assert result.history["accuracy"][0] > 0.2
     assert (tmp_path / "best.keras").is_file()
+
+
+def test_blend_target_mixes_fer_plus_votes_with_the_original_label():
+    arrays = {"label": np.array([0, 3, 6]),
+              "soft_label": np.array([[0, 0, 0, 0.5, 0, 0, 0.5],   # FER+ says happy/neutral
+                                      [0, 0, 0, 1.0, 0, 0, 0],     # FER+ agrees
+                                      [0, 0, 0, 0, 0, 0, 0]], np.float32)}  # no FER+ votes
+    blended = targets_for(arrays, "blend", 7, "training data", blend_alpha=0.4)
+    np.testing.assert_allclose(blended[0], [0.6, 0, 0, 0.2, 0, 0, 0.2], atol=1e-6)
+    np.testing.assert_allclose(blended[1], np.eye(7)[3], atol=1e-6)
+    np.testing.assert_allclose(blended[2], np.eye(7)[6], atol=1e-6)  # falls back to the label
+    np.testing.assert_allclose(blended.sum(axis=1), 1, atol=1e-6)
+    np.testing.assert_array_equal(targets_for(arrays, "blend", 7, "x", blend_alpha=0.0),
+                                  targets_for(arrays, "hard", 7, "x"))
+    with pytest.raises(DataError, match="training data: no FER\\+ vote distributions"):
+        targets_for({"label": arrays["label"]}, "blend", 7, "training data")
+
+
+def test_blend_target_on_real_prepared_rows(prepared_dir):
+    train_arrays = load_arrays(prepared_dir / "train.npz")
+    hard = targets_for(train_arrays, "hard", 7, "training data")
+    blended = targets_for(train_arrays, "blend", 7, "training data", blend_alpha=0.5)
+    np.testing.assert_allclose(blended.sum(axis=1), 1, atol=1e-5)
+    # Where FER+ disagrees with the original label, the label keeps at least half the mass.
+    assert (blended[np.arange(len(hard)), train_arrays["label"]] >= 0.5 - 1e-6).all()
+    assert (np.abs(blended - hard).sum(axis=1) > 0.1).mean() > 0.2
+
+
+@pytest.mark.parametrize("backend_pipeline", ["tensorflow", "arrays"])
+def test_mixup_mixes_each_image_with_its_mirror_partner_in_the_batch(backend_pipeline, monkeypatch):
+    import keras
+
+    images = np.stack([np.full((48, 48), value, np.uint8) for value in range(0, 160, 10)])
+    targets = np.eye(16, dtype=np.float32)
+    if backend_pipeline == "arrays":
+        monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    dataset = make_dataset(images, targets, 16, training=True, seed=1, mixup=0.4)
+    x, y = next(iter(dataset)) if backend_pipeline == "tensorflow" else dataset[0]
+    x, y = np.asarray(x), np.asarray(y)
+    # Every image is a convex mix of two constant images; its target holds the same two weights.
+    for row in range(16):
+        nonzero = np.flatnonzero(y[row] > 1e-6)
+        assert 1 <= len(nonzero) <= 2
+        assert y[row].sum() == pytest.approx(1, abs=1e-5)
+        assert x[row].mean() == pytest.approx(float(y[row] @ (np.arange(16) * 10)), abs=0.05)
+    assert (y.max(axis=1) < 0.99).mean() > 0.5  # Beta(0.4, 0.4) mixes most images noticeably
+    plain = make_dataset(images, targets, 16, training=False, seed=1, mixup=0.4)
+    x, y = next(iter(plain)) if backend_pipeline == "tensorflow" else plain[0]
+    assert np.asarray(y).max(axis=1).min() == 1  # never at validation
+
+
+@pytest.mark.slow
+def test_ema_weights_are_validated_and_checkpointed(prepared_dir, tmp_path):
+    import keras
+
+    train_arrays = load_arrays(prepared_dir / "train.npz")
+    val_arrays = subsample(load_arrays(prepared_dir / "public_test.npz"), 512, seed=0)
+
+    def run(ema_momentum, name):
+        config = TrainConfig(epochs=1, batch_size=64, lr=0.05, optimizer="sgd", schedule="constant",
+                             warmup_fraction=0, max_train_images=384, ema_momentum=ema_momentum)
+        return train(config, train_arrays, val_arrays, arch="mini_xception", seed=3, n_classes=7,
+                     image_size=48, checkpoint=tmp_path / f"{name}.keras")
+
+    plain, averaged = run(None, "plain"), run(0.6, "ema")
+    # The average does not change the raw trajectory, only what is validated and saved.
+    assert averaged.history["loss"][0] == pytest.approx(plain.history["loss"][0], abs=1e-4)
+    assert averaged.history["val_loss"][0] != pytest.approx(plain.history["val_loss"][0], abs=1e-3)
+    saved = keras.saving.load_model(tmp_path / "ema.keras")
+    images = val_arrays["images"][..., None].astype(np.float32)
+    accuracy = (saved.predict(images, verbose=0).argmax(axis=1) == val_arrays["label"]).mean()
+    assert accuracy == pytest.approx(averaged.history["val_accuracy"][0], abs=1e-6)

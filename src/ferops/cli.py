@@ -145,7 +145,7 @@ def _predictor(args: argparse.Namespace):  # -> ferops.predictor.Predictor
         raise FeropsError(f"--max-faces must be >= 1, got {args.max_faces}")
     detector = FaceDetector(min_size=args.min_face, dnn_model=args.dnn_detector)
     classifier = load_classifier(args.model, tracking_uri=_model_tracking_uri(args),
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, tta=args.tta)
     return Predictor(classifier, detector, max_faces=args.max_faces)
 
 
@@ -194,13 +194,14 @@ def _export(args: argparse.Namespace) -> int:
     from ferops.export import ExportError, export_onnx, parity
     from ferops.inference import KerasClassifier, load_classifier
 
-    classifier = load_classifier(args.model, tracking_uri=_model_tracking_uri(args))
+    classifier = load_classifier(args.model, tracking_uri=_model_tracking_uri(args), tta=args.tta)
     if not isinstance(classifier, KerasClassifier):
         raise ExportError(f"{args.model}: already an ONNX model; --model must be a Keras model "
                           "(.keras file, MLflow model or registry reference)")
     # The names go into the ONNX file only when the model carried them (not the assumed FER2013 order).
     output = export_onnx(classifier.model, args.output, opset=args.opset,
-                         classes=None if classifier.classes_assumed else classifier.classes)
+                         classes=None if classifier.classes_assumed else classifier.classes,
+                         tta=args.tta)
     if args.verify:
         # Random pixels exercise every layer; the parity on real faces is checked by the tests.
         pixels = np.random.default_rng(0).uniform(0, 255, (32, 48, 48, 1)).astype(np.float32)
@@ -224,6 +225,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri",
                         help="MLflow tracking/registry URI for models:/ and runs:/ (default: "
                              "MLFLOW_TRACKING_URI, else sqlite mlflow.db at the repository root)")
+    parser.add_argument("--no-tta", dest="tta", action="store_const", const="none", default="flip",
+                        help="no test-time augmentation. By default each face is also classified "
+                             "mirrored and the two probability vectors are averaged (flip TTA, the "
+                             "one PublicTest favoured; about twice the model time per face)")
 
 
 def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:

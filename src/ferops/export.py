@@ -8,6 +8,12 @@ and rotations (ops ONNX does not have: the file would not even load). The model 
 layer that calls it with ``training=False``, which traces the inference graph only. The class
 names are stored in the ONNX file's metadata (property ``classes``, a JSON list), where
 :class:`ferops.inference.OnnxClassifier` reads them.
+
+By default the exported graph applies flip test-time augmentation itself (it averages the
+probabilities of each face and of its mirror image: the TTA that PublicTest favoured), so any
+ONNX runtime gets the better figure; the metadata property ``tta`` says so (``flip``), and
+``ferops predict``/``serve`` then do not mirror a second time. ``tta="none"`` exports the plain
+model.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ferops.errors import FeropsError
-from ferops.inference import CLASSES_KEY, INPUT_SIZE, float32_model
+from ferops.inference import CLASSES_KEY, DEFAULT_TTA, INPUT_SIZE, TTA_KEY, check_tta, float32_model
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +39,7 @@ class ExportError(FeropsError):
     """The model could not be converted to ONNX, or the converted model disagrees with Keras."""
 
 
-def _inference_wrapper(model: Any) -> Any:
+def _inference_wrapper(model: Any, tta: str) -> Any:
     import keras
 
     class InferenceOnly(keras.Model):
@@ -44,7 +50,11 @@ def _inference_wrapper(model: Any) -> Any:
             self.inner = inner
 
         def call(self, pixels: Any) -> Any:
-            return self.inner(pixels, training=False)
+            probabilities = self.inner(pixels, training=False)
+            if tta == "flip":
+                mirrored = self.inner(keras.ops.flip(pixels, axis=2), training=False)
+                probabilities = (probabilities + mirrored) / 2
+            return probabilities
 
     wrapper = InferenceOnly(float32_model(model))
     # Keras refuses to export a model that has never been called.
@@ -52,19 +62,20 @@ def _inference_wrapper(model: Any) -> Any:
     return wrapper
 
 
-def _record_classes(path: Path, classes: Sequence[str]) -> None:
+def _record_metadata(path: Path, properties: dict[str, str]) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    kept = [prop for prop in proto.metadata_props if prop.key != CLASSES_KEY]
+    kept = [prop for prop in proto.metadata_props if prop.key not in properties]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
-    proto.metadata_props.add(key=CLASSES_KEY, value=json.dumps(list(classes)))
+    for key, value in properties.items():
+        proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
 
 
 def export_onnx(model: Any, output: str | os.PathLike[str], opset: int | None = None,
-                classes: Sequence[str] | None = None) -> Path:
+                classes: Sequence[str] | None = None, tta: str = DEFAULT_TTA) -> Path:
     """Write a Keras model as an ONNX file with a dynamic batch dimension.
 
     The file is written beside ``output`` under a temporary name and renamed into place, so a
@@ -79,6 +90,8 @@ def export_onnx(model: Any, output: str | os.PathLike[str], opset: int | None = 
         opset: ONNX opset (None: the converter's default).
         classes: Class names, one per output column, recorded in the file's metadata (None:
             none recorded; loaders then assume the FER2013 order).
+        tta: ``flip`` (the graph averages each face with its mirror image, recorded as metadata
+            ``tta: flip``) or ``none``.
 
     Returns:
         The path written.
@@ -89,6 +102,7 @@ def export_onnx(model: Any, output: str | os.PathLike[str], opset: int | None = 
     """
     import tensorflow as tf
 
+    tta = check_tta(tta)
     output = Path(output)
     if output.suffix.lower() != ".onnx":
         raise ExportError(f"{output}: the ONNX output file must end in .onnx")
@@ -104,10 +118,12 @@ def export_onnx(model: Any, output: str | os.PathLike[str], opset: int | None = 
     partial = output.with_name(f".{output.name}.partial")
     signature = [tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 1), tf.float32, name=INPUT_NAME)]
     try:
-        _inference_wrapper(model).export(str(partial), format="onnx", verbose=False,
-                                         input_signature=signature, opset_version=opset)
+        _inference_wrapper(model, tta).export(str(partial), format="onnx", verbose=False,
+                                              input_signature=signature, opset_version=opset)
+        properties = {TTA_KEY: tta}
         if classes is not None:
-            _record_classes(partial, classes)
+            properties[CLASSES_KEY] = json.dumps(list(classes))
+        _record_metadata(partial, properties)
         os.replace(partial, output)
     except Exception as error:  # tf2onnx raises many kinds; all mean "could not convert"
         partial.unlink(missing_ok=True)
@@ -119,7 +135,8 @@ def export_onnx(model: Any, output: str | os.PathLike[str], opset: int | None = 
 def parity(keras_model: Any, onnx_path: str | os.PathLike[str], pixels: np.ndarray) -> float:
     """Largest absolute difference between Keras and ONNX Runtime probabilities on ``pixels``.
 
-    Keras runs the model in float32, as ``ferops predict`` does (mixed-precision models included).
+    Keras runs the model in float32, as ``ferops predict`` does (mixed-precision models included),
+    with the test-time augmentation the ONNX file applies (see :func:`export_onnx`).
 
     Args:
         keras_model: The Keras model.
@@ -131,6 +148,10 @@ def parity(keras_model: Any, onnx_path: str | os.PathLike[str], pixels: np.ndarr
     """
     from ferops.inference import OnnxClassifier
 
-    expected = np.asarray(float32_model(keras_model)(np.asarray(pixels, np.float32), training=False))
-    actual = OnnxClassifier(onnx_path).predict(pixels)
+    onnx_model = OnnxClassifier(onnx_path)
+    model, pixels = float32_model(keras_model), np.asarray(pixels, np.float32)
+    expected = np.asarray(model(pixels, training=False))
+    if onnx_model.tta_in_graph:
+        expected = (expected + np.asarray(model(pixels[:, :, ::-1], training=False))) / 2
+    actual = onnx_model.predict_graph(pixels)
     return float(np.abs(expected - actual).max())

@@ -35,6 +35,12 @@ logger = logging.getLogger(__name__)
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 # Key of the class names in an MLflow model's metadata and in an ONNX model's metadata_props.
 CLASSES_KEY = "classes"
+# Key of the test-time augmentation an exported ONNX graph applies itself (``ferops export``).
+TTA_KEY = "tta"
+# Test-time augmentation of predict/serve/export: ``flip`` averages each face's probabilities with
+# those of its mirror image (the evaluate stage's ``flip``, which PublicTest favoured); ``none``.
+TTA_MODES = ("flip", "none")
+DEFAULT_TTA = "flip"
 DEFAULT_MODEL = "models:/ferops-fer2013@champion"
 DEFAULT_BATCH_SIZE = 64
 INPUT_SIZE = 48
@@ -171,17 +177,23 @@ class Classifier:
         classes_assumed: True when the model carried no class names and the FER2013 order was
             assumed (the names are then not worth recording in an export).
         batch_size: Largest batch sent to the model at once.
+        tta: ``flip`` (each face is classified with its mirror image and the probabilities are
+            averaged) or ``none``.
     """
 
     backend = "none"
+    # True where the model graph itself averages the mirror view (an ONNX file exported with it).
+    tta_in_graph = False
 
     def __init__(self, source: str, classes: Sequence[str] | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, *, carried: tuple[str, ...] | None = None) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, *, carried: tuple[str, ...] | None = None,
+                 tta: str = DEFAULT_TTA) -> None:
         if batch_size < 1:
             raise FeropsError(f"batch size must be >= 1, got {batch_size}")
         self.source = source
         self.classes, self.classes_assumed = _choose_classes(source, classes, carried)
         self.batch_size = int(batch_size)
+        self.tta = check_tta(tta)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -198,20 +210,34 @@ class Classifier:
         pixels = np.asarray(pixels, dtype=np.float32)
         if len(pixels) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
-        parts = [self._run(pixels[start:start + self.batch_size])
-                 for start in range(0, len(pixels), self.batch_size)]
-        probabilities = np.concatenate(parts).astype(np.float32, copy=False)
+        probabilities = self.predict_graph(pixels)
+        if self.tta == "flip" and not self.tta_in_graph:
+            # The mirror image along the width axis, as the evaluate stage's flip TTA.
+            probabilities = (probabilities + self.predict_graph(pixels[:, :, ::-1])) / 2
         if probabilities.shape != (len(pixels), len(self.classes)):
             raise FeropsError(f"{self.source}: the model returned shape {probabilities.shape}, "
                               f"expected ({len(pixels)}, {len(self.classes)}) class probabilities")
         return probabilities
+
+    def predict_graph(self, pixels: np.ndarray) -> np.ndarray:
+        """What the model's own graph returns for float32 pixels, without Python-side TTA."""
+        parts = [self._run(np.ascontiguousarray(pixels[start:start + self.batch_size]))
+                 for start in range(0, len(pixels), self.batch_size)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
 
     def classify(self, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """Preprocess 48x48 uint8 crops and classify them; returns (n, classes) probabilities."""
         return self.predict(preprocess(crops))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(source={self.source!r}, classes={len(self.classes)})"
+        return f"{type(self).__name__}(source={self.source!r}, classes={len(self.classes)}, tta={self.tta!r})"
+
+
+def check_tta(tta: str) -> str:
+    """``tta`` if it is one of :data:`TTA_MODES`, else a clear error."""
+    if tta not in TTA_MODES:
+        raise FeropsError(f"test-time augmentation {tta!r} is not one of: {', '.join(TTA_MODES)}")
+    return tta
 
 
 class KerasClassifier(Classifier):
@@ -220,7 +246,8 @@ class KerasClassifier(Classifier):
     backend = "keras"
 
     def __init__(self, model: Any, source: str, classes: Sequence[str] | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, *, carried: tuple[str, ...] | None = None) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, *, carried: tuple[str, ...] | None = None,
+                 tta: str = DEFAULT_TTA) -> None:
         """Wrap a loaded Keras model.
 
         Args:
@@ -229,8 +256,9 @@ class KerasClassifier(Classifier):
             classes: Class names (None: ``carried``, else the FER2013 order with a warning).
             batch_size: Largest batch per model call.
             carried: The class names the model file or MLflow model carries, if any.
+            tta: ``flip`` (average with the mirror image) or ``none``.
         """
-        super().__init__(source, classes, batch_size, carried=carried)
+        super().__init__(source, classes, batch_size, carried=carried, tta=tta)
         _check_signature(source, model.inputs[0].shape if getattr(model, "inputs", None) else None,
                          model.outputs[0].shape if getattr(model, "outputs", None) else None,
                          len(self.classes))
@@ -267,7 +295,8 @@ class OnnxClassifier(Classifier):
     backend = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike[str], classes: Sequence[str] | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None,
+                 tta: str = DEFAULT_TTA) -> None:
         """Load an ONNX file.
 
         Args:
@@ -276,6 +305,12 @@ class OnnxClassifier(Classifier):
                 writes, else the FER2013 order with a warning).
             batch_size: Largest batch per model call.
             threads: ONNX Runtime intra-op threads (None: its default).
+            tta: ``flip`` or ``none``. A file exported with flip TTA (metadata ``tta: flip``)
+                averages the mirror view in its graph; it cannot be run without it.
+
+        Raises:
+            ModelLoadError: The file is not a loadable ONNX classifier, or ``tta`` is ``none``
+                for a file that applies flip TTA in its graph.
         """
         if batch_size < 1:
             raise FeropsError(f"batch size must be >= 1, got {batch_size}")
@@ -292,8 +327,14 @@ class OnnxClassifier(Classifier):
         except Exception as error:  # onnxruntime raises its own untyped pybind errors
             raise ModelLoadError(f"{path}: ONNX Runtime could not load this file as an ONNX model "
                                  f"({error})") from error
-        carried = _class_names(self.session.get_modelmeta().custom_metadata_map.get(CLASSES_KEY), str(path))
-        super().__init__(str(path), classes, batch_size, carried=carried)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        carried = _class_names(metadata.get(CLASSES_KEY), str(path))
+        super().__init__(str(path), classes, batch_size, carried=carried, tta=tta)
+        self.tta_in_graph = metadata.get(TTA_KEY) == "flip"
+        if self.tta_in_graph and self.tta == "none":
+            raise ModelLoadError(f"{path}: this ONNX file averages each face with its mirror image in "
+                                 "its graph (exported with flip TTA); to run without it, export again "
+                                 "with `ferops export --no-tta`")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ModelLoadError(f"{path}: expected an ONNX model with one input and one output, got "
@@ -436,6 +477,7 @@ def load_classifier(
     tracking_uri: str | None = None,
     classes: Sequence[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    tta: str = DEFAULT_TTA,
 ) -> Classifier:
     """Load a classifier from a registry reference, an MLflow URI, or a local model file.
 
@@ -448,6 +490,7 @@ def load_classifier(
         classes: Class names in output order. Default: the names the model carries, else (older
             models) the FER2013 order, with a warning.
         batch_size: Largest batch per model call.
+        tta: ``flip`` (default: average each face with its mirror image) or ``none``.
 
     Returns:
         A :class:`KerasClassifier` or, for ``.onnx`` files, an :class:`OnnxClassifier`.
@@ -463,7 +506,7 @@ def load_classifier(
                                  "models:/<name>/<version>, models:/m-<id> or runs:/<run id>/<path>)")
         logger.info("loading model %s%s", text, f" from {tracking_uri}" if tracking_uri else "")
         keras_model, carried = _load_mlflow(text, tracking_uri)
-        return KerasClassifier(keras_model, text, classes, batch_size, carried=carried)
+        return KerasClassifier(keras_model, text, classes, batch_size, carried=carried, tta=tta)
     path = Path(text)
     if not path.exists():
         raise ModelLoadError(f"{path}: model not found (expected a .keras or .onnx file, an MLflow "
@@ -472,13 +515,13 @@ def load_classifier(
         if not (path / "MLmodel").is_file():
             raise ModelLoadError(f"{path}: a folder, but not an MLflow model (no MLmodel file inside)")
         keras_model, carried = _load_mlflow(str(path.resolve()), None)
-        return KerasClassifier(keras_model, text, classes, batch_size, carried=carried)
+        return KerasClassifier(keras_model, text, classes, batch_size, carried=carried, tta=tta)
     suffix = path.suffix.lower()
     logger.info("loading model %s", path)
     if suffix == ".onnx":
-        return OnnxClassifier(path, classes, batch_size)
+        return OnnxClassifier(path, classes, batch_size, tta=tta)
     if suffix == ".keras":
         return KerasClassifier(load_keras_model(path), text, classes, batch_size,
-                               carried=_keras_class_names(path))
+                               carried=_keras_class_names(path), tta=tta)
     raise ModelLoadError(f"{path}: unsupported model file type {suffix or '(none)'!r} (expected .keras "
                          "or .onnx)")

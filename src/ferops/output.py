@@ -22,6 +22,7 @@ def report(results: Sequence[InputResult], predictor: Predictor) -> dict[str, An
     return {
         "model": predictor.classifier.source,
         "backend": predictor.classifier.backend,
+        "tta": predictor.classifier.tta,
         "detector": predictor.detector.backend,
         "classes": list(predictor.classes),
         "inputs": [result.summary() for result in results],

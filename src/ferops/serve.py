@@ -123,6 +123,7 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
     def health() -> dict[str, Any]:
         """Liveness and which model is loaded."""
         return {"status": "ok", "model": predictor.classifier.source, "backend": predictor.classifier.backend,
+                "tta": predictor.classifier.tta,
                 "detector": predictor.detector.backend, "classes": list(predictor.classes),
                 "max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
 

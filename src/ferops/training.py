@@ -52,7 +52,14 @@ class TrainConfig(Section):
         label_smoothing: Cross-entropy label smoothing.
         class_weight: ``none`` or ``balanced`` (inverse class frequency).
         patience: Early-stopping patience in epochs on validation accuracy (0 = off).
-        target: ``hard`` (labels) or ``soft`` (FER+ vote distributions).
+        target: ``hard`` (labels), ``soft`` (FER+ vote distributions) or ``blend``
+            (``blend_alpha`` x the FER+ vote distribution + (1 - ``blend_alpha``) x the one-hot
+            label, where FER+ has votes; the one-hot label elsewhere).
+        blend_alpha: The FER+ share of a ``blend`` target.
+        ema_momentum: Validate, checkpoint and keep an exponential moving average of the weights
+            with this momentum per step (None: the raw weights).
+        mixup: Mixup strength: each batch is mixed with itself in reverse order by a weight drawn
+            from Beta(mixup, mixup) per image (0: off).
         mixed_precision: ``auto``, ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
         augment: In-graph augmentation.
         max_train_images: Use only this many Training images (a small profile); None = all.
@@ -71,7 +78,10 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     class_weight: Literal["none", "balanced"] = "none"
     patience: int = Field(0, ge=0)
-    target: Literal["hard", "soft"] = "hard"
+    target: Literal["hard", "soft", "blend"] = "hard"
+    blend_alpha: float = Field(0.5, ge=0, le=1)
+    ema_momentum: float | None = Field(None, gt=0, lt=1)
+    mixup: float = Field(0.0, ge=0, allow_inf_nan=False)
     mixed_precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
     augment: Augmentation = Augmentation()
     max_train_images: int | None = Field(None, gt=0)
@@ -131,11 +141,31 @@ def subsample(arrays: Mapping[str, np.ndarray], limit: int | None, seed: int) ->
     return {key: (value[keep] if len(value) == count else value) for key, value in arrays.items()}
 
 
-def targets_for(arrays: Mapping[str, np.ndarray], target: str, n_classes: int, where: str) -> np.ndarray:
-    """Training targets: one-hot labels (hard) or FER+ vote distributions (soft), float32."""
+def targets_for(arrays: Mapping[str, np.ndarray], target: str, n_classes: int, where: str,
+                blend_alpha: float = 0.5) -> np.ndarray:
+    """Training targets, float32, one row per image.
+
+    Args:
+        arrays: A split with ``label`` (and ``soft_label``, the FER+ vote distributions).
+        target: ``hard`` (one-hot labels), ``soft`` (FER+ vote distributions) or ``blend``
+            (``blend_alpha`` x FER+ distribution + (1 - ``blend_alpha``) x one-hot label; images
+            without FER+ votes keep their one-hot label).
+        n_classes: Number of classes.
+        where: Names the split in errors.
+        blend_alpha: The FER+ share of a ``blend`` target.
+    """
     label = np.asarray(arrays["label"])
     if (label < 0).any():
         raise DataError(f"{where}: {(label < 0).sum()} images have no label (-1)")
+    one_hot = np.eye(n_classes, dtype=np.float32)[label]
+    if target == "blend":
+        if "soft_label" not in arrays:
+            raise DataError(f"{where}: no FER+ vote distributions (soft_label); train.target=blend "
+                            "needs the arrays of the prepare stage")
+        soft = np.asarray(arrays["soft_label"], dtype=np.float32)
+        voted = (soft.sum(axis=1) > 0)[:, None]
+        blended = blend_alpha * soft + (1 - blend_alpha) * one_hot
+        return np.where(voted, blended, one_hot).astype(np.float32)
     if target == "soft":
         soft = np.asarray(arrays["soft_label"], dtype=np.float32)
         empty = soft.sum(axis=1) <= 0
@@ -143,11 +173,11 @@ def targets_for(arrays: Mapping[str, np.ndarray], target: str, n_classes: int, w
             raise DataError(f"{where}: {empty.sum()} images have no FER+ vote distribution; "
                             "train.target=soft needs prepare.labels=ferplus")
         return soft
-    return np.eye(n_classes, dtype=np.float32)[label]
+    return one_hot
 
 
 def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, *, training: bool,
-                 seed: int) -> Any:
+                 seed: int, mixup: float = 0.0) -> Any:
     """The input pipeline over in-memory uint8 images, for the active Keras backend.
 
     Training batches are shuffled each epoch and always full (the last partial batch is dropped):
@@ -155,6 +185,10 @@ def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, *, tr
     and full batches keep every backend's compiled step at one shape. Under TensorFlow this is a
     ``tf.data`` pipeline (parallel casting and prefetching); under JAX and PyTorch a
     ``keras.utils.PyDataset`` over the same arrays, so nothing needs TensorFlow there.
+
+    With ``mixup`` > 0 (training only), each batch is mixed with itself in reverse order: image i
+    becomes w * x_i + (1 - w) * x_(n-1-i), and its target the same mix, w ~ Beta(mixup, mixup) per
+    image. Mixing within the batch costs no extra reads.
     """
     import keras
 
@@ -167,12 +201,27 @@ def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, *, tr
         dataset = dataset.batch(batch_size, drop_remainder=training)
         dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y),
                               num_parallel_calls=tf.data.AUTOTUNE)
+        if training and mixup:
+            def mix(x: Any, y: Any) -> tuple[Any, Any]:
+                # Beta(a, a) from two Gamma(a) draws (TensorFlow has no Beta sampler).
+                first = tf.random.gamma([tf.shape(x)[0]], mixup, seed=seed)
+                second = tf.random.gamma([tf.shape(x)[0]], mixup, seed=seed + 1)
+                weight = first / (first + second)
+                return (_mix(x, weight[:, None, None, None], x[::-1]),
+                        _mix(y, weight[:, None], y[::-1]))
+
+            dataset = dataset.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
         return dataset.prefetch(tf.data.AUTOTUNE)
-    return _array_batches(images, targets, batch_size, training=training, seed=seed)
+    return _array_batches(images, targets, batch_size, training=training, seed=seed,
+                          mixup=mixup if training else 0.0)
+
+
+def _mix(values: Any, weight: Any, partner: Any) -> Any:
+    return weight * values + (1 - weight) * partner
 
 
 def _array_batches(images: np.ndarray, targets: np.ndarray, batch_size: int, *, training: bool,
-                   seed: int) -> Any:
+                   seed: int, mixup: float = 0.0) -> Any:
     import keras
 
     class ArrayBatches(keras.utils.PyDataset):
@@ -189,7 +238,12 @@ def _array_batches(images: np.ndarray, targets: np.ndarray, batch_size: int, *, 
 
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
             rows = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
-            return images[rows][..., None].astype(np.float32), targets[rows]
+            x, y = images[rows][..., None].astype(np.float32), targets[rows]
+            if mixup:
+                weight = self.rng.beta(mixup, mixup, size=len(rows)).astype(np.float32)
+                x = _mix(x, weight[:, None, None, None], x[::-1])
+                y = _mix(y, weight[:, None], y[::-1])
+            return x, y
 
         def on_epoch_end(self) -> None:
             if training:
@@ -239,13 +293,16 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> Any:
     import keras
 
     rate = learning_rate(config, steps_per_epoch)
+    # Keras keeps the weight average in the optimizer; SwapEMAWeights puts it in the model to
+    # validate and checkpoint (see train()).
+    ema = ({"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {})
     if config.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay, **ema)
     elif config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True,
-                                         weight_decay=config.weight_decay or None)
+                                         weight_decay=config.weight_decay or None, **ema)
     else:
-        optimizer = keras.optimizers.Adam(rate, weight_decay=config.weight_decay or None)
+        optimizer = keras.optimizers.Adam(rate, weight_decay=config.weight_decay or None, **ema)
     if not config.decay_norm_and_bias and config.weight_decay:
         # Keras variable names: BatchNorm "gamma"/"beta", layer "bias" (kernels stay decayed).
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
@@ -364,14 +421,14 @@ def train(
 
     keras.utils.set_random_seed(seed)
     train_arrays = subsample(train_arrays, config.max_train_images, seed)
-    train_y = targets_for(train_arrays, config.target, n_classes, "training data")
+    train_y = targets_for(train_arrays, config.target, n_classes, "training data", config.blend_alpha)
     val_y = targets_for(val_arrays, "hard", n_classes, "validation data")
     steps = len(train_y) // config.batch_size
     if steps == 0:
         raise ParamsError(f"train.batch_size: {config.batch_size} is larger than the "
                           f"{len(train_y)} training images")
     train_ds = make_dataset(train_arrays["images"], train_y, config.batch_size, training=True,
-                            seed=seed)
+                            seed=seed, mixup=config.mixup)
     val_ds = make_dataset(val_arrays["images"], val_y, config.batch_size, training=False,
                           seed=seed)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
@@ -389,6 +446,9 @@ def train(
                                         save_best_only=True),
         _epoch_callback(on_epoch, rows, steps * config.batch_size),
     ]
+    if config.ema_momentum:
+        # Swaps the averaged weights in at each epoch's end, before validation and the checkpoint.
+        callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if config.schedule == "onecycle":
         # Before the epoch report so that the reported rate is the last one used.
         callbacks.insert(0, _one_cycle_callback(config, steps))

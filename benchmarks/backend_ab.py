@@ -1,0 +1,88 @@
+"""A/B of Keras backends on this CPU: training images/s of the default net under each.
+
+Runs one child process per (backend, precision) pair, since Keras picks its backend at import:
+each builds the net of params.yaml (``model.arch``, ``train`` settings, augmentation included),
+compiles it as the train stage does and times ``model.fit`` over ``--steps`` steps on the real
+oversampled Training split after ``--warmup`` untimed steps, with this project's input pipeline
+for that backend (``tf.data`` under TensorFlow, a ``keras.utils.PyDataset`` otherwise).
+
+    python benchmarks/backend_ab.py [--pairs tensorflow:mixed_bfloat16 torch:float32 ...]
+
+PyTorch needs ``pip install -e '.[backends]'`` (a CPU build). Run it alone on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PAIRS = ("tensorflow:mixed_bfloat16", "tensorflow:float32", "torch:mixed_bfloat16",
+                 "torch:float32", "jax:mixed_bfloat16", "jax:float32")
+
+
+def child(args: argparse.Namespace) -> None:
+    """Measure one backend (the one KERAS_BACKEND selects) and print a JSON line."""
+    import keras
+
+    from ferops.io import load_arrays
+    from ferops.models import build_model
+    from ferops.training import make_dataset, make_optimizer, targets_for
+    from train_throughput import recipe  # the sibling script: the same params handling
+
+    config, arch, seed = recipe(Path(args.params))
+    keras.mixed_precision.set_global_policy(args.precision)
+    keras.utils.set_random_seed(seed)
+    arrays = load_arrays(args.train)
+    images, targets = arrays["images"], targets_for(arrays, "hard", 7, "training data")
+    batch = config.batch_size
+    model = build_model(arch, 7, 48, config.augment, seed)
+    model.compile(optimizer=make_optimizer(config, len(images) // batch),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing))
+    dataset = make_dataset(images, targets, batch, training=True, seed=seed)
+    if keras.backend.backend() == "tensorflow":
+        dataset = dataset.repeat()
+    model.fit(dataset, epochs=1, steps_per_epoch=args.warmup, shuffle=False, verbose=0)
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=args.steps, shuffle=False, verbose=0)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"backend": keras.backend.backend(), "precision": args.precision,
+                      "images_per_second": args.steps * batch / seconds}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--train", default=str(ROOT / "data/oversampled/train.npz"))
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per pair")
+    parser.add_argument("--warmup", type=int, default=8, help="untimed steps first")
+    parser.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS), metavar="BACKEND:PRECISION")
+    parser.add_argument("--precision", help=argparse.SUPPRESS)  # set in the child processes
+    args = parser.parse_args()
+    if args.precision:
+        child(args)
+        return
+    print(f"{'backend':<12} {'precision':<16} {'images/s':>9}")
+    for pair in args.pairs:
+        backend, _, precision = pair.partition(":")
+        command = [sys.executable, __file__, "--params", args.params, "--train", args.train,
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--precision",
+                   precision or "float32"]
+        environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode or not lines:
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"{backend:<12} {precision:<16} {'failed':>9}  ({tail})")
+            continue
+        result = json.loads(lines[-1])
+        print(f"{backend:<12} {precision:<16} {result['images_per_second']:9.1f}")
+
+
+if __name__ == "__main__":
+    main()
