@@ -10,7 +10,8 @@ Every figure is the median of --repeats runs after one warm-up. The CPU load is 
 other processes on the machine slow every figure down.
 
 Usage: python benchmarks/inference.py [--model models/model.keras | --arch resnet_s2d] [--raw data/raw]
-       [--repeats 7]
+       [--repeats 7] [--tta flip|none]
+(--tta: what ``ferops predict`` does by default, flip, or none; flip runs the network twice per face.)
 (--arch builds an untrained net of that architecture: speed does not depend on the weights.)
 """
 
@@ -67,6 +68,8 @@ def main() -> int:
     parser.add_argument("--arch", help="time an untrained net of this architecture instead of --model")
     parser.add_argument("--raw", type=Path, default=ROOT / "data" / "raw", help="raw data (jaffe/, ckplus/)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--tta", choices=("flip", "none"), default="flip",
+                        help="test-time augmentation (default flip, as ferops predict)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -84,10 +87,11 @@ def main() -> int:
             args.model = Path(tmp) / f"{args.arch}.keras"
             build_model(args.arch).save(args.model)
         print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
-              f"(1/5/15 min); model {args.arch or args.model}; medians of {args.repeats} runs")
-        keras_classifier = load_classifier(args.model)
-        onnx_path = export_onnx(keras_classifier.model, Path(tmp) / "model.onnx")
-        onnx_classifier = load_classifier(onnx_path)
+              f"(1/5/15 min); model {args.arch or args.model}; test-time augmentation {args.tta}; "
+              f"medians of {args.repeats} runs")
+        keras_classifier = load_classifier(args.model, tta=args.tta)
+        onnx_path = export_onnx(keras_classifier.model, Path(tmp) / "model.onnx", tta=args.tta)
+        onnx_classifier = load_classifier(onnx_path, tta=args.tta)
         backends = {"keras": keras_classifier, "onnxruntime": onnx_classifier}
 
         paths = sorted((args.raw / "ckplus").glob("*/*.png"))

@@ -13,7 +13,7 @@ step; the difference to the row above it is the cost of what was removed:
   floor a step cannot go below; the rest of the net's own step is BatchNorm, activations and the
   residual adds.
 
-    python benchmarks/train_profile.py [--steps 30] [--warmup 6]
+    python benchmarks/train_profile.py [--steps 30] [--warmup 6] [--arch resnet_s2d_gelu]
 
 Run it alone on an idle machine: the figures are throughputs.
 """
@@ -105,9 +105,10 @@ def main() -> None:
     parser.add_argument("--train", default=str(ROOT / "data/oversampled/train.npz"))
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per row")
     parser.add_argument("--warmup", type=int, default=6, help="untimed steps first")
+    parser.add_argument("--arch", help="a model.arch to measure instead of the one in params.yaml")
     args = parser.parse_args()
 
-    config, arch, seed = recipe(Path(args.params))
+    config, arch, seed = recipe(Path(args.params), args.arch)
     hardware = configure(config.mixed_precision)
     dtype = "bfloat16" if "bfloat16" in hardware.precision else "float32"
     import tensorflow as tf
