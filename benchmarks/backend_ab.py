@@ -35,7 +35,7 @@ def child(args: argparse.Namespace) -> None:
     from ferops.training import make_dataset, make_optimizer, targets_for
     from train_throughput import recipe  # the sibling script: the same params handling
 
-    config, arch, seed = recipe(Path(args.params))
+    config, arch, seed = recipe(Path(args.params), args.arch)
     keras.mixed_precision.set_global_policy(args.precision)
     keras.utils.set_random_seed(seed)
     arrays = load_arrays(args.train)
@@ -56,11 +56,10 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    from train_throughput import add_recipe_arguments  # the sibling script
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
-    parser.add_argument("--train", default=str(ROOT / "data/oversampled/train.npz"))
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps per pair")
-    parser.add_argument("--warmup", type=int, default=8, help="untimed steps first")
+    add_recipe_arguments(parser, "data/oversampled/train.npz", "pair")
     parser.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS), metavar="BACKEND:PRECISION")
     parser.add_argument("--precision", help=argparse.SUPPRESS)  # set in the child processes
     args = parser.parse_args()
@@ -72,7 +71,7 @@ def main() -> None:
         backend, _, precision = pair.partition(":")
         command = [sys.executable, __file__, "--params", args.params, "--train", args.train,
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--precision",
-                   precision or "float32"]
+                   precision or "float32", *(["--arch", args.arch] if args.arch else [])]
         environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
         done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]

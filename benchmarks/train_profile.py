@@ -28,9 +28,9 @@ import numpy as np
 
 from ferops.hardware import configure
 from ferops.io import load_arrays
-from ferops.models import Augmentation, build_model
-from ferops.training import make_dataset, make_optimizer, targets_for
-from train_throughput import recipe  # the sibling script: the same params handling
+from ferops.models import Augmentation
+from ferops.training import make_dataset, targets_for
+from train_throughput import add_recipe_arguments, compiled, recipe  # the sibling script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,17 +41,6 @@ def step_seconds(model, feed, warmup: int, steps: int) -> float:
     start = time.perf_counter()
     model.fit(feed, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
     return (time.perf_counter() - start) / steps
-
-
-def compiled(arch: str, config, augment: Augmentation | None, seed: int, steps_per_epoch: int):
-    """A fresh model of ``arch`` compiled as the train stage compiles it."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    model = build_model(arch, 7, 48, augment, seed)
-    model.compile(optimizer=make_optimizer(config, steps_per_epoch),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing))
-    return model
 
 
 def optimizer_seconds(model, repeats: int = 30) -> float:
@@ -101,11 +90,7 @@ def convolution_seconds(model, batch: int, dtype: str, repeats: int = 7) -> floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
-    parser.add_argument("--train", default=str(ROOT / "data/oversampled/train.npz"))
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps per row")
-    parser.add_argument("--warmup", type=int, default=6, help="untimed steps first")
-    parser.add_argument("--arch", help="a model.arch to measure instead of the one in params.yaml")
+    add_recipe_arguments(parser, "data/oversampled/train.npz", "row")
     args = parser.parse_args()
 
     config, arch, seed = recipe(Path(args.params), args.arch)
@@ -126,7 +111,7 @@ def main() -> None:
     # The bare net first, then each augmentation layer alone, then the whole step: the first
     # model built in a process pays one-off costs (oneDNN kernel creation) that a warm-up of a
     # few steps does not always absorb, so the order puts that on the bare net, measured twice.
-    bare = compiled(arch, config, None, seed, steps_per_epoch)
+    bare = compiled(config, arch, seed, None, steps_per_epoch)
     step_seconds(bare, resident, args.warmup, args.steps)
     bare_seconds = step_seconds(bare, resident, args.warmup, args.steps)
     off = Augmentation(flip=False, rotation=0, zoom=0, translation=0, contrast=0, erasing=0)
@@ -134,9 +119,9 @@ def main() -> None:
         value = getattr(augment, name)
         if value:
             alone = off.model_copy(update={name: value})
-            model = compiled(arch, config, alone, seed, steps_per_epoch)
+            model = compiled(config, arch, seed, alone, steps_per_epoch)
             rows.append((f"  with {name} alone", step_seconds(model, resident, args.warmup, args.steps)))
-    model = compiled(arch, config, augment, seed, steps_per_epoch)
+    model = compiled(config, arch, seed, augment, steps_per_epoch)
     resident_seconds = step_seconds(model, resident, args.warmup, args.steps)
     rows[:0] = [("as trained (tf.data, augmentation)", step_seconds(model, dataset, args.warmup, args.steps)),
                 ("one batch held in memory", resident_seconds),

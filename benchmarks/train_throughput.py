@@ -35,7 +35,7 @@ import yaml
 from ferops.config import BaseConfig, build
 from ferops.hardware import configure
 from ferops.io import load_arrays
-from ferops.models import ModelConfig, build_model
+from ferops.models import Augmentation, ModelConfig, build_model
 from ferops.training import TrainConfig, make_dataset, make_optimizer, targets_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,24 +63,31 @@ def recipe(params_path: Path, arch: str | None = None,
             build(BaseConfig, params["base"], "base").seed)
 
 
-def compiled(config: TrainConfig, arch: str, seed: int, augmented: bool, steps_per_epoch: int) -> object:
+def compiled(config: TrainConfig, arch: str, seed: int, augment: Augmentation | None,
+             steps_per_epoch: int) -> object:
+    """A fresh model of ``arch`` with ``augment`` layers (None: none), compiled as the train stage does."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = build_model(arch, 7, 48, config.augment if augmented else None, seed)
+    model = build_model(arch, 7, 48, augment, seed)
     model.compile(optimizer=make_optimizer(config, steps_per_epoch),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     return model
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_recipe_arguments(parser: argparse.ArgumentParser, train: str, unit: str) -> None:
+    """The arguments the training benchmarks share: params, Training split, steps, warm-up, arch."""
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
-    parser.add_argument("--train", default=str(ROOT / "data/prepared/train.npz"))
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps per side")
+    parser.add_argument("--train", default=str(ROOT / train))
+    parser.add_argument("--steps", type=int, default=30, help=f"timed training steps per {unit}")
     parser.add_argument("--warmup", type=int, default=6, help="untimed steps first")
     parser.add_argument("--arch", help="a model.arch to measure instead of the one in params.yaml")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_recipe_arguments(parser, "data/prepared/train.npz", "side")
     args = parser.parse_args()
 
     config, arch, seed = recipe(Path(args.params), args.arch)
@@ -92,7 +99,7 @@ def main() -> None:
           f"images from {args.train}, {os.cpu_count()} CPU cores; {args.steps} timed steps per side")
 
     # 1. This project's pipeline.
-    model = compiled(config, arch, seed, augmented=True, steps_per_epoch=steps_per_epoch)
+    model = compiled(config, arch, seed, config.augment, steps_per_epoch)
     dataset = make_dataset(images, targets, batch, training=True, seed=seed).repeat()
 
     def fit_ferops(steps: int) -> None:
@@ -116,7 +123,7 @@ def main() -> None:
         while True:
             yield next(flow)
 
-    seed_model = compiled(config, arch, seed, augmented=False, steps_per_epoch=steps_per_epoch)
+    seed_model = compiled(config, arch, seed, None, steps_per_epoch)
     seed_batches = batches()
 
     def fit_seed(steps: int) -> None:
