@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,28 +30,21 @@ def child(args: argparse.Namespace) -> None:
     import keras
 
     from ferops.io import load_arrays
-    from ferops.models import build_model
-    from ferops.training import make_dataset, make_optimizer, targets_for
-    from train_throughput import recipe  # the sibling script: the same params handling
+    from ferops.training import make_dataset, targets_for
+    from train_throughput import compiled, recipe, step_seconds  # the sibling script
 
     config, arch, seed = recipe(Path(args.params), args.arch)
     keras.mixed_precision.set_global_policy(args.precision)
-    keras.utils.set_random_seed(seed)
     arrays = load_arrays(args.train)
     images, targets = arrays["images"], targets_for(arrays, "hard", 7, "training data")
     batch = config.batch_size
-    model = build_model(arch, 7, 48, config.augment, seed)
-    model.compile(optimizer=make_optimizer(config, len(images) // batch),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing))
+    model = compiled(config, arch, seed, config.augment, len(images) // batch)
     dataset = make_dataset(images, targets, batch, training=True, seed=seed)
     if keras.backend.backend() == "tensorflow":
         dataset = dataset.repeat()
-    model.fit(dataset, epochs=1, steps_per_epoch=args.warmup, shuffle=False, verbose=0)
-    start = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=args.steps, shuffle=False, verbose=0)
-    seconds = time.perf_counter() - start
+    seconds = step_seconds(model, dataset, args.warmup, args.steps)
     print(json.dumps({"backend": keras.backend.backend(), "precision": args.precision,
-                      "images_per_second": args.steps * batch / seconds}))
+                      "images_per_second": batch / seconds}))
 
 
 def main() -> None:

@@ -25,9 +25,8 @@ import numpy as np
 
 from ferops.hardware import configure
 from ferops.io import load_arrays
-from ferops.models import build_model
-from ferops.training import make_dataset, make_optimizer, targets_for
-from train_throughput import recipe  # the sibling script: the same params handling
+from ferops.training import make_dataset, targets_for
+from train_throughput import compiled, recipe, step_seconds  # the sibling script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,19 +94,11 @@ def main() -> None:
     dtype = "bfloat16" if "bfloat16" in hardware.precision else (
         "float16" if "float16" in hardware.precision else "float32")
 
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    model = build_model(arch, 7, 48, config.augment, seed)
     arrays = load_arrays(args.train)
     images, targets = arrays["images"], targets_for(arrays, "hard", 7, "training data")
-    model.compile(optimizer=make_optimizer(config, len(images) // config.batch_size),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing))
+    model = compiled(config, arch, seed, config.augment, len(images) // config.batch_size)
     dataset = make_dataset(images, targets, config.batch_size, training=True, seed=seed).repeat()
-    model.fit(dataset, epochs=1, steps_per_epoch=6, shuffle=False, verbose=0)
-    start = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=args.steps, shuffle=False, verbose=0)
-    images_per_second = args.steps * config.batch_size / (time.perf_counter() - start)
+    images_per_second = config.batch_size / step_seconds(model, dataset, 6, args.steps)
 
     forward, convs = forward_flops(model)
     training = 3 * forward

@@ -30,17 +30,9 @@ from ferops.hardware import configure
 from ferops.io import load_arrays
 from ferops.models import Augmentation
 from ferops.training import make_dataset, targets_for
-from train_throughput import add_recipe_arguments, compiled, recipe  # the sibling script
+from train_throughput import add_recipe_arguments, compiled, recipe, step_seconds  # sibling script
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def step_seconds(model, feed, warmup: int, steps: int) -> float:
-    """Seconds per training step of ``model.fit`` over ``feed`` (a dataset, or one resident batch)."""
-    model.fit(feed, epochs=1, steps_per_epoch=warmup, shuffle=False, verbose=0)
-    start = time.perf_counter()
-    model.fit(feed, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
-    return (time.perf_counter() - start) / steps
 
 
 def optimizer_seconds(model, repeats: int = 30) -> float:

@@ -76,6 +76,14 @@ def compiled(config: TrainConfig, arch: str, seed: int, augment: Augmentation | 
     return model
 
 
+def step_seconds(model, feed, warmup: int, steps: int) -> float:
+    """Seconds per training step of ``model.fit`` over ``feed`` (a dataset, or one resident batch)."""
+    model.fit(feed, epochs=1, steps_per_epoch=warmup, shuffle=False, verbose=0)
+    start = time.perf_counter()
+    model.fit(feed, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
+    return (time.perf_counter() - start) / steps
+
+
 def add_recipe_arguments(parser: argparse.ArgumentParser, train: str, unit: str) -> None:
     """The arguments the training benchmarks share: params, Training split, steps, warm-up, arch."""
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
