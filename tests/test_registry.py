@@ -81,7 +81,8 @@ def promote(run: TrainedRun, *args: str) -> int:
 def sabotaged_copy(run: TrainedRun, work) -> TrainedRun:
     """A deliberately worse model, logged as a new MLflow run like the train stage would.
 
-    It is the trained model with its output biased to always say "disgust".
+    It is the trained model with its logits layer replaced by a constant "disgust" (a bias alone
+    would not do: a briefly trained model's logits can be larger than any fixed bias).
     """
     import keras
     import mlflow
@@ -93,8 +94,9 @@ def sabotaged_copy(run: TrainedRun, work) -> TrainedRun:
     model = keras.saving.load_model(run.model, compile=False)
     layer = model.get_layer("logits")
     kernel, bias = layer.get_weights()
-    bias[CLASSES.index("disgust")] += 100.0  # always answer the rarest class (1.5 % of PrivateTest)
-    layer.set_weights([kernel, bias])
+    bias[:] = 0.0
+    bias[CLASSES.index("disgust")] = 10.0  # always answer the rarest class (1.5 % of PrivateTest)
+    layer.set_weights([np.zeros_like(kernel), bias])
     model.save(work / "model.keras")
     mlflow.set_tracking_uri(run.tracking_uri)
     experiment = mlflow.get_experiment_by_name("ferops")

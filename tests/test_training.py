@@ -256,6 +256,34 @@ def test_validation_skips_images_without_a_label():
         labelled_only({"label": np.array([-1, -1])}, "validation data")
 
 
+@pytest.mark.slow
+def test_ferplus_mode_validates_on_the_public_test_rows_that_have_a_majority(raw_dir, tmp_path, caplog):
+    # prepare.labels=ferplus with clean_test=false keeps PublicTest rows without a FER+ majority
+    # (label -1); training used to stop on them.
+    from ferops.fer2013 import USAGES, read_fer2013
+    from ferops.ferplus import read_ferplus
+    from ferops.inference import load_keras_model
+    from ferops.prepare import prepare_fer2013
+
+    fer = read_fer2013(raw_dir / "fer2013.csv")
+    votes, has_name = read_ferplus(raw_dir / "fer2013new.csv", np.asarray(USAGES)[fer.usage])
+    splits = prepare_fer2013(fer, votes, has_name, classes=["angry", "disgust", "fear", "happy", "sad",
+                                                           "surprise", "neutral"], labels="ferplus").splits
+    public = splits["PublicTest"]
+    unlabelled = int((public["label"] < 0).sum())
+    assert unlabelled > 0
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.01, warmup_fraction=0, max_train_images=1024)
+    with caplog.at_level("WARNING", logger="ferops.training"):
+        result = train(config, splits["Training"], public, arch="mini_xception", seed=1, n_classes=7,
+                       image_size=48, checkpoint=tmp_path / "best.keras")
+    assert f"validation data: {unlabelled} of {len(public['label'])} images have no label" in caplog.text
+    labelled = public["label"] >= 0
+    model = load_keras_model(tmp_path / "best.keras")
+    predicted = model.predict(public["images"][labelled][..., None], verbose=0).argmax(axis=1)
+    accuracy = (predicted == public["label"][labelled]).mean()
+    assert accuracy == pytest.approx(result.best_val_accuracy, abs=2e-3)
+
+
 @pytest.mark.parametrize("backend_pipeline", ["tensorflow", "arrays"])
 def test_mixup_mixes_each_image_with_its_mirror_partner_in_the_batch(backend_pipeline, monkeypatch):
     import keras
