@@ -48,6 +48,19 @@ def raw_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Pat
     return out
 
 
+@pytest.fixture(scope="session")
+def fer_and_votes(raw_dir: Path):
+    """The real FER2013 rows and their FER+ votes, joined by position, as ``prepare`` reads them."""
+    import numpy as np
+
+    from ferops.fer2013 import USAGES, read_fer2013
+    from ferops.ferplus import read_ferplus
+
+    fer = read_fer2013(raw_dir / "fer2013.csv")
+    votes, has_name = read_ferplus(raw_dir / "fer2013new.csv", np.asarray(USAGES)[fer.usage])
+    return fer, votes, has_name
+
+
 def run_stage_script(name: str, *args: str) -> None:
     subprocess.run([sys.executable, str(REPO_ROOT / "stages" / f"{name}.py"),
                     "--params", str(REPO_ROOT / "params.yaml"), *args], check=True, cwd=REPO_ROOT)

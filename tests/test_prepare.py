@@ -7,19 +7,11 @@ from stages import prepare as prepare_stage
 
 from ferops.config import build
 from ferops.errors import ParamsError
-from ferops.fer2013 import USAGES, read_fer2013
-from ferops.ferplus import read_ferplus
+from ferops.fer2013 import read_fer2013
 from ferops.io import load_arrays
 from ferops.prepare import CleaningRules, prepare_fer2013
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-
-
-@pytest.fixture(scope="module")
-def fer_and_votes(raw_dir):
-    fer = read_fer2013(raw_dir / "fer2013.csv")
-    votes, has_name = read_ferplus(raw_dir / "fer2013new.csv", np.asarray(USAGES)[fer.usage])
-    return fer, votes, has_name
 
 
 def stage_args(raw_dir, tmp_path, validation, params=None):

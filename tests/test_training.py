@@ -257,16 +257,14 @@ def test_validation_skips_images_without_a_label():
 
 
 @pytest.mark.slow
-def test_ferplus_mode_validates_on_the_public_test_rows_that_have_a_majority(raw_dir, tmp_path, caplog):
+def test_ferplus_mode_validates_on_the_public_test_rows_that_have_a_majority(fer_and_votes, tmp_path,
+                                                                              caplog):
     # prepare.labels=ferplus with clean_test=false keeps PublicTest rows without a FER+ majority
     # (label -1); training used to stop on them.
-    from ferops.fer2013 import USAGES, read_fer2013
-    from ferops.ferplus import read_ferplus
     from ferops.inference import load_keras_model
     from ferops.prepare import prepare_fer2013
 
-    fer = read_fer2013(raw_dir / "fer2013.csv")
-    votes, has_name = read_ferplus(raw_dir / "fer2013new.csv", np.asarray(USAGES)[fer.usage])
+    fer, votes, has_name = fer_and_votes
     splits = prepare_fer2013(fer, votes, has_name, classes=["angry", "disgust", "fear", "happy", "sad",
                                                            "surprise", "neutral"], labels="ferplus").splits
     public = splits["PublicTest"]
