@@ -305,6 +305,18 @@ def test_mixup_mixes_each_image_with_its_mirror_partner_in_the_batch(backend_pip
     assert np.asarray(y).max(axis=1).min() == 1  # never at validation
 
 
+def test_tensorflow_pipeline_runs_without_the_autotuner_and_keeps_every_image_once():
+    # The autotuner's sleeping thread stalls every iterator teardown (benchmarks/train_stall.py).
+    images = np.arange(40, dtype=np.uint8)[:, None, None] + np.zeros((1, 48, 48), np.uint8)
+    targets = np.eye(40, dtype=np.float32)
+    for training in (True, False):
+        dataset = make_dataset(images, targets, 8, training=training, seed=3)
+        assert dataset.options().autotune.enabled is False
+        seen = np.concatenate([np.asarray(x)[:, 0, 0, 0] for x, _ in dataset])
+        assert sorted(seen.tolist()) == list(range(40))
+        assert (seen == np.arange(40)).all() != training  # shuffled for training only
+
+
 @pytest.mark.slow
 def test_ema_weights_are_validated_and_checkpointed(prepared_dir, tmp_path):
     import keras

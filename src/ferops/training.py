@@ -227,6 +227,10 @@ def labelled_only(arrays: Mapping[str, np.ndarray], where: str) -> dict[str, np.
     return {key: (value[keep] if len(value) == len(label) else value) for key, value in arrays.items()}
 
 
+# Parallel map calls and prefetched batches of the tf.data input pipeline (see make_dataset).
+PIPELINE_WORKERS = 2
+
+
 def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, *, training: bool,
                  seed: int, mixup: float = 0.0) -> Any:
     """The input pipeline over in-memory uint8 images, for the active Keras backend.
@@ -250,8 +254,17 @@ def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, *, tr
         if training:
             dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.batch(batch_size, drop_remainder=training)
+        # Fixed parallelism, not tf.data.AUTOTUNE: the autotuner's background thread sleeps
+        # between its optimisation rounds (up to a minute apart), and Keras destroys the training
+        # and validation iterators after every epoch, which waits for that sleep to end. Measured
+        # on the 2-core CPU machine: half the epochs took twice as long with both cores idle
+        # (benchmarks/train_stall.py). Casting a batch is cheap; two workers and two prefetched
+        # batches keep the network fed.
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        dataset = dataset.with_options(options)
         dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+                              num_parallel_calls=PIPELINE_WORKERS)
         if training and mixup:
             def mix(x: Any, y: Any) -> tuple[Any, Any]:
                 # Beta(a, a) from two Gamma(a) draws (TensorFlow has no Beta sampler).
@@ -261,8 +274,8 @@ def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, *, tr
                 return (_mix(x, weight[:, None, None, None], x[::-1]),
                         _mix(y, weight[:, None], y[::-1]))
 
-            dataset = dataset.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
-        return dataset.prefetch(tf.data.AUTOTUNE)
+            dataset = dataset.map(mix, num_parallel_calls=PIPELINE_WORKERS)
+        return dataset.prefetch(PIPELINE_WORKERS)
     return _array_batches(images, targets, batch_size, training=training, seed=seed,
                           mixup=mixup if training else 0.0)
 

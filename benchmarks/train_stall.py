@@ -1,0 +1,102 @@
+"""Epoch times of real training with tf.data's autotuner on and off: the idle stalls at epoch ends.
+
+Trains the default net (``model.arch``, ``train`` settings of params.yaml, mixed precision as the
+train stage picks it) for ``--epochs`` epochs on ``--images`` images of the real oversampled
+Training split, validating on PublicTest, twice:
+
+1. ``autotune``: the input pipeline as it was before, ``num_parallel_calls`` and ``prefetch`` set to
+   ``tf.data.AUTOTUNE``;
+2. ``fixed``: ``ferops.training.make_dataset`` (autotuner off, fixed parallelism).
+
+For each epoch it prints the wall seconds and the process CPU seconds per wall second (2.0 = both
+cores busy). With the autotuner, Keras's destruction of each epoch's iterators waits for the
+autotuner thread's sleep to end (its period doubles up to a minute), with every core idle: epochs
+take up to twice as long at random. The network, data and results are the same either way.
+
+Usage: python benchmarks/train_stall.py [--epochs 6] [--images 12000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ferops.hardware import configure
+from ferops.io import load_arrays
+from ferops.training import labelled_only, make_dataset, targets_for
+from train_throughput import ROOT, compiled, recipe
+
+
+def autotuned_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, training: bool,
+                      seed: int):
+    """The input pipeline before the fix: the same steps, parallelism left to tf.data's autotuner."""
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((images[..., None], targets))
+    if training:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_times(model, train, validation, epochs: int) -> list[tuple[float, float]]:
+    """(wall seconds, CPU seconds per wall second) of each epoch of ``model.fit``."""
+    import keras
+
+    rows: list[tuple[float, float]] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            wall = time.perf_counter() - self.wall
+            rows.append((wall, (time.process_time() - self.cpu) / wall))
+
+    model.fit(train, validation_data=validation, epochs=epochs, callbacks=[Timer()], shuffle=False,
+              verbose=0)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--train", default=str(ROOT / "data/oversampled/train.npz"))
+    parser.add_argument("--val", default=str(ROOT / "data/prepared/public_test.npz"))
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--images", type=int, default=12000, help="Training images per epoch")
+    args = parser.parse_args()
+
+    config, arch, seed = recipe(Path(args.params))
+    hardware = configure(config.mixed_precision)
+    arrays = load_arrays(args.train)
+    rows = np.random.default_rng(seed).permutation(len(arrays["images"]))[:args.images]
+    images, targets = arrays["images"][rows], targets_for(arrays, "hard", 7, "training data")[rows]
+    val = labelled_only(load_arrays(args.val), "validation data")
+    val_images, val_targets = val["images"], targets_for(val, "hard", 7, "validation data")
+    batch = config.batch_size
+    print(f"net {arch}, precision {hardware.precision}, {len(images)} Training images, batch {batch}, "
+          f"validation {len(val_images)} images")
+    for name, build in (("autotune", autotuned_dataset), ("fixed", None)):
+        if build is None:
+            train = make_dataset(images, targets, batch, training=True, seed=seed)
+            validation = make_dataset(val_images, val_targets, batch, training=False, seed=seed)
+        else:
+            train = build(images, targets, batch, True, seed)
+            validation = build(val_images, val_targets, batch, False, seed)
+        model = compiled(config, arch, seed, config.augment, len(images) // batch)
+        times = epoch_times(model, train, validation, args.epochs)
+        # The first epoch traces and builds the oneDNN kernels: reported, left out of the summary.
+        walls = [wall for wall, _ in times[1:]]
+        print(f"{name:9s} epochs (s): " + " ".join(f"{wall:5.1f}" for wall, _ in times))
+        print(f"{'':9s} CPU/wall:   " + " ".join(f"{ratio:5.2f}" for _, ratio in times))
+        print(f"{'':9s} epochs 2..{args.epochs}: median {np.median(walls):.1f} s, "
+              f"slowest {max(walls):.1f} s, total {sum(walls):.1f} s")
+
+
+if __name__ == "__main__":
+    main()
