@@ -141,7 +141,12 @@ def subsample(arrays: Mapping[str, np.ndarray], limit: int | None, seed: int) ->
 
     keep, _ = train_test_split(np.arange(count), train_size=limit, random_state=seed,
                                stratify=arrays["label"])
-    keep = np.sort(keep)
+    return _rows(arrays, np.sort(keep))
+
+
+def _rows(arrays: Mapping[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``keep`` rows (indices or a mask) of every per-image array; other entries as they are."""
+    count = len(arrays["label"])
     return {key: (value[keep] if len(value) == count else value) for key, value in arrays.items()}
 
 
@@ -149,8 +154,10 @@ def match_prior(distributions: np.ndarray, counts: np.ndarray, iterations: int =
     """Rescale per-image class distributions so that their class totals approach ``counts``.
 
     Alternately scales each class (column) to its wanted total and renormalises each image
-    (row) to sum to 1 (iterative proportional fitting), so every image keeps its ranking of
-    the classes it has mass on while the split as a whole gets the wanted class balance.
+    (row) to sum to 1 (iterative proportional fitting). Every scaling multiplies a whole class
+    column by one factor, so the odds of one class against another keep their order across
+    images (and a class an image had no mass on stays at 0 for it) while the split as a whole
+    gets the wanted class balance. An image's own ranking of its classes may change.
 
     Args:
         distributions: (images, classes) non-negative rows summing to 1.
@@ -224,7 +231,7 @@ def labelled_only(arrays: Mapping[str, np.ndarray], where: str) -> dict[str, np.
         raise DataError(f"{where}: none of the {len(label)} images has a label")
     logger.warning("%s: %d of %d images have no label (no FER+ majority); validating on the other %d",
                    where, (~keep).sum(), len(label), keep.sum())
-    return {key: (value[keep] if len(value) == len(label) else value) for key, value in arrays.items()}
+    return _rows(arrays, keep)
 
 
 # Parallel map calls and prefetched batches of the tf.data input pipeline (see make_dataset).
