@@ -97,6 +97,9 @@ def main() -> None:
     dataset = make_dataset(images, targets, batch, training=True, seed=seed).repeat()
     resident = tf.data.Dataset.from_tensors(
         (tf.constant(images[:batch, ..., None], tf.float32), tf.constant(targets[:batch]))).repeat()
+    # The same tf.data options as the training pipeline (autotuner off): with it on, each fit's
+    # iterator teardown can wait seconds for the autotuner's sleep, which is not the step's cost.
+    resident = resident.with_options(dataset.options())
 
     rows: list[tuple[str, float]] = []
     augment = config.augment
