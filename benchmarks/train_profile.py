@@ -7,6 +7,8 @@ step; the difference to the row above it is the cost of what was removed:
 - as trained: ``dvc repro``'s step (tf.data input, augmentation layers, mixed precision);
 - one batch held in memory: the same model fed one resident batch (no input pipeline);
 - without augmentation: no augmentation layers either (the net, loss and optimizer alone);
+- the same with Keras's own BatchNorm ops instead of TensorFlow's fused kernel (what the train
+  stage trained with before ``ferops.models.with_fused_batch_norm``);
 - each augmentation layer alone on top of that (flip, rotation, zoom, translation);
 - the optimizer update alone (SGD with Nesterov momentum and weight decay on every weight);
 - the net's convolutions alone (forward and both backward products, compiled), which is the
@@ -118,9 +120,12 @@ def main() -> None:
             rows.append((f"  with {name} alone", step_seconds(model, resident, args.warmup, args.steps)))
     model = compiled(config, arch, seed, augment, steps_per_epoch)
     resident_seconds = step_seconds(model, resident, args.warmup, args.steps)
+    unfused = compiled(config, arch, seed, None, steps_per_epoch, fused_batch_norm=False)
     rows[:0] = [("as trained (tf.data, augmentation)", step_seconds(model, dataset, args.warmup, args.steps)),
                 ("one batch held in memory", resident_seconds),
-                ("  and without augmentation", bare_seconds)]
+                ("  and without augmentation", bare_seconds),
+                ("  the same with Keras's own BatchNorm ops", step_seconds(unfused, resident, args.warmup,
+                                                                      args.steps))]
     optimizer = optimizer_seconds(bare)
     convolutions = convolution_seconds(bare, batch, dtype)
 

@@ -35,7 +35,7 @@ import yaml
 from ferops.config import BaseConfig, build
 from ferops.hardware import configure
 from ferops.io import load_arrays
-from ferops.models import Augmentation, ModelConfig, build_model
+from ferops.models import Augmentation, ModelConfig, build_model, with_fused_batch_norm
 from ferops.training import TrainConfig, make_dataset, make_optimizer, targets_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,12 +64,18 @@ def recipe(params_path: Path, arch: str | None = None,
 
 
 def compiled(config: TrainConfig, arch: str, seed: int, augment: Augmentation | None,
-             steps_per_epoch: int) -> object:
-    """A fresh model of ``arch`` with ``augment`` layers (None: none), compiled as the train stage does."""
+             steps_per_epoch: int, fused_batch_norm: bool = True) -> object:
+    """A fresh model of ``arch`` with ``augment`` layers (None: none), compiled as the train stage does.
+
+    With ``fused_batch_norm`` (as the train stage trains) the model is its training twin with
+    TensorFlow's fused BatchNorm; without, Keras's own BatchNorm ops.
+    """
     import keras
 
     keras.utils.set_random_seed(seed)
     model = build_model(arch, 7, 48, augment, seed)
+    if fused_batch_norm:
+        model = with_fused_batch_norm(model)
     model.compile(optimizer=make_optimizer(config, steps_per_epoch),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])

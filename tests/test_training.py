@@ -4,7 +4,14 @@ import pytest
 from ferops.config import build
 from ferops.errors import DataError, ParamsError
 from ferops.io import load_arrays
-from ferops.models import ARCHITECTURES, Augmentation, ModelConfig, build_model, space_to_depth
+from ferops.models import (
+    ARCHITECTURES,
+    Augmentation,
+    ModelConfig,
+    build_model,
+    space_to_depth,
+    with_fused_batch_norm,
+)
 from ferops.training import (
     TrainConfig,
     labelled_only,
@@ -137,6 +144,50 @@ def test_each_architecture_overfits_a_small_real_batch(arch, faces):
     # inference-mode evaluation would not show what the weights have learnt.
     losses = model.fit(images, targets, batch_size=16, epochs=40, verbose=0).history["loss"]
     assert losses[-1] < 0.5 * losses[0], f"{arch}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+def test_the_fused_batch_norm_twin_trains_like_the_stock_model_and_saves_as_stock(faces, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    model = build_model("resnet_s2d", augmentation=None)
+    twin = with_fused_batch_norm(model)
+    norms = [layer for layer in twin.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(type(layer) is not keras.layers.BatchNormalization for layer in norms)
+    assert [layer.name for layer in twin.layers] == [layer.name for layer in model.layers]
+    for net in (model, twin):  # random dropout masks would differ between the two passes
+        for layer in net.layers:
+            if isinstance(layer, keras.layers.Dropout):
+                layer.rate = 0.0
+    images = tf.constant(faces["images"][:32, ..., None].astype(np.float32))
+    targets = tf.constant(np.eye(7, dtype=np.float32)[faces["label"][:32]])
+
+    def training_pass(net):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.categorical_crossentropy(targets, net(images, training=True))
+            loss = tf.reduce_mean(loss)
+        return loss, tape.gradient(loss, net.trainable_variables)
+
+    stock_loss, stock_gradients = training_pass(model)
+    fused_loss, fused_gradients = training_pass(twin)
+    np.testing.assert_allclose(fused_loss, stock_loss, rtol=1e-4)
+    # Per weight, the gradients agree to float32 rounding, amplified a little where a channel's
+    # batch variance is tiny; a wrong formula (a missing term, the unbiased variance) is off by far more.
+    pairs = zip(model.trainable_variables, stock_gradients, fused_gradients, strict=True)
+    for variable, stock, fused in pairs:
+        error = float(tf.norm(fused - stock) / tf.norm(stock))
+        assert error < 0.01, f"{variable.path}: gradients differ by {error:.2%}"
+    # The same moving statistics after the one training pass (Keras averages the biased variance).
+    for stock, fused in zip(model.non_trainable_weights, twin.non_trainable_weights, strict=True):
+        np.testing.assert_allclose(fused.numpy(), stock.numpy(), rtol=1e-4, atol=1e-6)
+    # Inference is Keras's own code; the weights go back into the stock model, which is saved.
+    model.set_weights(twin.get_weights())
+    np.testing.assert_allclose(twin.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert all(type(layer) is keras.layers.BatchNormalization for layer in loaded.layers
+               if isinstance(layer, keras.layers.BatchNormalization))
 
 
 def test_models_take_raw_pixels_and_output_probabilities(faces):

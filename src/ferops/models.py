@@ -280,6 +280,78 @@ def build_model(
     return model
 
 
+@functools.cache
+def _fused_batch_normalization() -> type:
+    """The BatchNormalization subclass of :func:`with_fused_batch_norm`.
+
+    Defined on first use, so that importing this module imports neither Keras nor TensorFlow.
+    """
+    import keras
+    import tensorflow as tf
+
+    class FusedBatchNormalization(keras.layers.BatchNormalization):
+        """Keras's BatchNormalization whose training-mode pass is TensorFlow's fused kernel.
+
+        Keras 3 normalises a batch in separate element-wise ops (a cast to float32, the moments,
+        the normalisation, a cast back), each a pass over the activations forward and again
+        backward; TensorFlow's ``FusedBatchNormV3`` (oneDNN on CPU) does the statistics and the
+        normalisation in one pass each way, on bfloat16 activations with float32 statistics.
+        Same weights, same moving-statistics update (biased batch variance, as Keras); inference
+        is Keras's own code.
+        """
+
+        def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
+            rank = len(inputs.shape)
+            if (not (training and self.trainable) or mask is not None or self.renorm
+                    or self.synchronized or rank != 4 or self.axis % rank != rank - 1):
+                return super().call(inputs, training=training, mask=mask)
+            channels = inputs.shape[-1]
+            scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+            offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, scale, offset, epsilon=self.epsilon, data_format="NHWC", is_training=True)
+            # The kernel returns the Bessel-corrected variance; Keras averages the biased one.
+            count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
+            variance = variance * (count - 1.0) / count
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(
+                self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+            return tf.cast(outputs, self.compute_dtype)
+
+    return FusedBatchNormalization
+
+
+def with_fused_batch_norm(model: Any) -> Any:
+    """A training twin of ``model`` whose BatchNormalization layers use TensorFlow's fused kernel.
+
+    The twin has the same layers, names and weights (copied from ``model``); only the training
+    pass of its BatchNormalization layers differs, and only in speed and rounding. Train the twin
+    and copy its weights back (``model.set_weights(twin.get_weights())``) before saving ``model``:
+    the saved file then holds stock Keras layers and loads without this module. Under another
+    Keras backend than TensorFlow, ``model`` itself is returned.
+
+    Args:
+        model: A Functional model from :func:`build_model`.
+
+    Returns:
+        The twin, or ``model`` when the backend is not TensorFlow or it has no BatchNormalization.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow" or not any(
+            isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers):
+        return model
+    fused = _fused_batch_normalization()
+
+    def clone(layer: Any) -> Any:
+        kind = fused if type(layer) is keras.layers.BatchNormalization else type(layer)
+        return kind.from_config(layer.get_config())
+
+    twin = keras.models.clone_model(model, clone_function=clone)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 # The member of a saved ``.keras`` archive that carries the class names. Keras reads only its own
 # members (config.json, metadata.json, model.weights.h5, assets/) and ignores this one, so the
 # file still loads with plain ``keras.saving.load_model`` and no ferops installed.

@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from ferops.config import Section
 from ferops.errors import DataError, ParamsError
 from ferops.io import atomic_file
-from ferops.models import Augmentation, build_model
+from ferops.models import Augmentation, build_model, with_fused_batch_norm
 
 logger = logging.getLogger(__name__)
 
@@ -419,6 +419,31 @@ def _epoch_callback(on_epoch: Callable[[int, dict[str, float]], None] | None,
     return EpochReport()
 
 
+def _best_checkpoint_callback(portable: Any, path: Path) -> Any:
+    import keras
+
+    class BestCheckpoint(keras.callbacks.Callback):
+        """Saves ``portable`` with the trained weights whenever PublicTest accuracy improves.
+
+        Keras's ModelCheckpoint would save the model being trained, whose fused BatchNorm
+        layers (:func:`ferops.models.with_fused_batch_norm`) a plain Keras could not load.
+        """
+
+        best = -math.inf
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            value = (logs or {}).get("val_accuracy")
+            if value is None:
+                raise RuntimeError("the best-model checkpoint needs val_accuracy; none was logged")
+            if value > self.best:
+                self.best = value
+                if self.model is not portable:
+                    portable.set_weights(self.model.get_weights())
+                portable.save(path)
+
+    return BestCheckpoint()
+
+
 def _one_cycle_callback(config: TrainConfig, steps_per_epoch: int) -> Any:
     import keras
 
@@ -506,7 +531,10 @@ def train(
                           seed=seed)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(arch, n_classes, image_size, config.augment, seed)
-        model.compile(
+        # Trains a twin with TensorFlow's fused BatchNorm (~1.3x the step rate on CPU); its
+        # weights are copied into ``model``, whose stock layers are what gets saved.
+        trained = with_fused_batch_norm(model)
+        trained.compile(
             optimizer=make_optimizer(config, steps),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
@@ -515,8 +543,7 @@ def train(
     rows: list[dict[str, float]] = []
     start, cpu_start = time.perf_counter(), time.process_time()
     callbacks = [
-        keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_accuracy", mode="max",
-                                        save_best_only=True),
+        _best_checkpoint_callback(model, checkpoint),
         _epoch_callback(on_epoch, rows, steps * config.batch_size),
     ]
     if config.ema_momentum:
@@ -538,8 +565,8 @@ def train(
     logger.info("training %s on %d images (%d steps/epoch of %d), validating on %d", arch,
                 len(train_y), steps, config.batch_size, len(val_y))
     # shuffle=False: the input pipeline already reshuffles every epoch.
-    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
-              class_weight=class_weight, shuffle=False, verbose=0)
+    trained.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+                class_weight=class_weight, shuffle=False, verbose=0)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     history = {key: [row[key] for row in rows] for key in rows[0]}
     epochs_run = len(history["val_accuracy"])
