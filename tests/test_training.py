@@ -146,7 +146,7 @@ def test_each_architecture_overfits_a_small_real_batch(arch, faces):
     assert losses[-1] < 0.5 * losses[0], f"{arch}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
 
 
-def test_the_fused_batch_norm_twin_trains_like_the_stock_model_and_saves_as_stock(faces, tmp_path):
+def test_the_fused_batch_norm_twin_trains_like_the_stock_model(faces):
     import keras
     import tensorflow as tf
 
@@ -181,13 +181,9 @@ def test_the_fused_batch_norm_twin_trains_like_the_stock_model_and_saves_as_stoc
     # The same moving statistics after the one training pass (Keras averages the biased variance).
     for stock, fused in zip(model.non_trainable_weights, twin.non_trainable_weights, strict=True):
         np.testing.assert_allclose(fused.numpy(), stock.numpy(), rtol=1e-4, atol=1e-6)
-    # Inference is Keras's own code; the weights go back into the stock model, which is saved.
+    # Inference is Keras's own code: the weights copied back give the stock model the same outputs.
     model.set_weights(twin.get_weights())
     np.testing.assert_allclose(twin.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
-    model.save(tmp_path / "model.keras")
-    loaded = keras.saving.load_model(tmp_path / "model.keras")
-    assert all(type(layer) is keras.layers.BatchNormalization for layer in loaded.layers
-               if isinstance(layer, keras.layers.BatchNormalization))
 
 
 def test_models_take_raw_pixels_and_output_probabilities(faces):
@@ -216,6 +212,12 @@ def test_same_seed_gives_the_same_first_epoch_loss(prepared_dir, tmp_path):
     assert first.history["loss"][0] != pytest.approx(other.history["loss"][0], abs=1e-4)
     assert first.history["lr"][0] == pytest.approx(0.01 / 8)  # the onecycle callback set each step
     assert first.cpu_seconds > 0
+    # train() trains the fused-BatchNorm twin but saves the stock model: plain Keras loads it.
+    import keras
+
+    saved = keras.saving.load_model(tmp_path / "best-7.keras")
+    norms = [layer for layer in saved.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(type(layer) is keras.layers.BatchNormalization for layer in norms)
 
 
 @pytest.mark.slow
