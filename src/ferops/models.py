@@ -13,8 +13,9 @@ import logging
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from ferops.config import Section, check_choice
@@ -27,7 +28,9 @@ class Augmentation(Section):
     """In-graph augmentation settings, the ``train.augment`` params (0 or false switches one off).
 
     Attributes:
-        flip: Random horizontal flips (faces are roughly symmetric; vertical flips are not used).
+        flip: Random horizontal flips (faces are roughly symmetric; vertical flips are not used);
+            ``alternate``: each image mirrored on alternate epochs instead, done by the training
+            input pipeline (``ferops.training.alternate_flips``), so the model has no flip layer.
         rotation: Max rotation as a fraction of a full turn (0.05 = 18 degrees).
         zoom: Max zoom in/out as a fraction of the image size.
         translation: Max shift as a fraction of the image size.
@@ -35,12 +38,20 @@ class Augmentation(Section):
         erasing: Probability of random erasing (a cut-out patch); 0 = off.
     """
 
-    flip: bool = True
+    flip: bool | Literal["alternate"] = True
     rotation: float = Field(0.05, ge=0, lt=1)
     zoom: float = Field(0.1, ge=0, lt=1)
     translation: float = Field(0.1, ge=0, lt=1)
     contrast: float = Field(0.2, ge=0, lt=1)
     erasing: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("flip", mode="before")
+    @classmethod
+    def _flip_choice(cls, value: Any) -> Any:
+        # One message for the three choices, instead of pydantic's one per union member.
+        if value is True or value is False or value == "alternate":
+            return value
+        raise ValueError("expected true, false or alternate")
 
 
 class ModelConfig(Section):
@@ -68,7 +79,7 @@ def augmentation_layers(settings: Augmentation, seed: int) -> list[Any]:
 
     f32 = {"dtype": "float32"}
     stack: list[Any] = []
-    if settings.flip:
+    if settings.flip is True:  # "alternate" flips in the input pipeline instead
         stack.append(layers.RandomFlip("horizontal", seed=seed, **f32))
     if settings.rotation:
         stack.append(layers.RandomRotation(settings.rotation, fill_mode="reflect", seed=seed + 1, **f32))
@@ -199,7 +210,61 @@ def space_to_depth(x: Any, block: int = 2) -> Any:
     return layers.Reshape((height // block, width // block, block * block * channels))(x)
 
 
-def resnet_s2d(x: Any, activation: str = "relu") -> Any:
+# Name of the fixed first layer of the ``resnet_s2d_whiten`` variant, set by fit_patch_whitening.
+PATCH_WHITENING = "patch_whitening"
+
+
+def patch_whitening_kernel(images: np.ndarray, patch: int = 3, epsilon: float = 5e-4,
+                           chunk: int = 2000) -> np.ndarray:
+    """A fixed conv kernel that whitens the ``patch`` x ``patch`` pixel patches of ``images``.
+
+    The speed-training recipes' first layer (Page's DAWNBench ResNet, hlb-CIFAR10, airbench):
+    the eigenvectors of the (uncentred) patch covariance, each scaled by 1/sqrt(eigenvalue +
+    ``epsilon``), so the layer's outputs are decorrelated with unit variance over the training
+    patches; followed by the same filters negated, so that a ReLU after it loses nothing.
+
+    Args:
+        images: uint8 training images, shape (n, height, width), 0..255.
+        patch: Patch side.
+        epsilon: Added to each eigenvalue, so near-constant directions are not blown up to noise.
+        chunk: Images per step of the covariance sum (bounds the memory used).
+
+    Returns:
+        Kernel of shape (patch, patch, 1, 2 * patch**2) for pixels scaled to -1..1, as
+        ``resnet_s2d`` sees them.
+    """
+    dimensions = patch * patch
+    covariance, count = np.zeros((dimensions, dimensions)), 0
+    for start in range(0, len(images), chunk):
+        pixels = images[start:start + chunk].astype(np.float32) * (2.0 / 255.0) - 1.0
+        windows = np.lib.stride_tricks.sliding_window_view(pixels, (patch, patch), axis=(1, 2))
+        vectors = windows[:, ::2, ::2].reshape(-1, dimensions).astype(np.float64)
+        covariance += vectors.T @ vectors
+        count += len(vectors)
+    if count == 0:
+        raise ValueError("patch whitening needs at least one training image")
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance / count)
+    filters = eigenvectors / np.sqrt(np.maximum(eigenvalues, 0.0) + epsilon)
+    kernel = np.concatenate([filters, -filters], axis=1)
+    return kernel.reshape(patch, patch, 1, 2 * dimensions).astype(np.float32)
+
+
+def fit_patch_whitening(model: Any, images: np.ndarray) -> bool:
+    """Set ``model``'s patch-whitening layer (if it has one) from the training ``images``.
+
+    Returns:
+        Whether the model had such a layer.
+    """
+    try:
+        layer = model.get_layer(PATCH_WHITENING)
+    except ValueError:
+        return False
+    layer.set_weights([patch_whitening_kernel(images, patch=layer.kernel_size[0])])
+    logger.info("patch whitening fitted on %d training images", len(images))
+    return True
+
+
+def resnet_s2d(x: Any, activation: str = "relu", whiten: bool = False) -> Any:
     """The CPU recipe: a space-to-depth ResNet sized for ~30 minutes of training on 2 CPU cores.
 
     The lossless space-to-depth stem turns 48x48x1 into 24x24x4, so no layer runs at full
@@ -209,7 +274,10 @@ def resnet_s2d(x: Any, activation: str = "relu") -> Any:
     epochs were worth more. He-normal initialisation and BatchNorm momentum 0.9 (its moving
     statistics must settle within a short run). ``activation`` is ReLU, or GELU in the
     ``resnet_s2d_gelu`` variant (measured in the README's ablation: slower, ReLU fuses into the
-    convolution under oneDNN).
+    convolution under oneDNN). ``whiten`` (the ``resnet_s2d_whiten`` variant) replaces the
+    space-to-depth stem by a fixed patch-whitening layer: 3x3 patches at stride 2, 9 whitened
+    directions and their negatives, ReLU (see :func:`patch_whitening_kernel`; the training stage
+    sets it from the Training images, :func:`fit_patch_whitening`).
     """
     from keras import layers
 
@@ -219,7 +287,12 @@ def resnet_s2d(x: Any, activation: str = "relu") -> Any:
 
     # Centre the 0..1 pixels on zero so the zero padding of the convolutions means mid-grey.
     x = layers.Rescaling(2.0, offset=-1.0, dtype="float32")(x)
-    x = space_to_depth(x)
+    if whiten:
+        x = layers.Conv2D(18, 3, strides=2, padding="same", use_bias=False, trainable=False,
+                          name=PATCH_WHITENING)(x)
+        x = layers.ReLU()(x)
+    else:
+        x = space_to_depth(x)
     x = conv(x, 32)
     x = conv(x, 32)
     for filters in (64, 128, 256):
@@ -232,6 +305,7 @@ def resnet_s2d(x: Any, activation: str = "relu") -> Any:
 ARCHITECTURES: dict[str, Callable[[Any], Any]] = {
     "resnet_s2d": resnet_s2d,
     "resnet_s2d_gelu": functools.partial(resnet_s2d, activation="gelu"),
+    "resnet_s2d_whiten": functools.partial(resnet_s2d, whiten=True),
     "mini_xception": mini_xception,
     "resnet": resnet,
     "vgg": vgg,

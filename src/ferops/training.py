@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from ferops.config import Section
 from ferops.errors import DataError, ParamsError
 from ferops.io import atomic_file
-from ferops.models import Augmentation, build_model, with_fused_batch_norm
+from ferops.models import Augmentation, build_model, fit_patch_whitening, with_fused_batch_norm
 
 logger = logging.getLogger(__name__)
 
@@ -238,8 +238,20 @@ def labelled_only(arrays: Mapping[str, np.ndarray], where: str) -> dict[str, np.
 PIPELINE_WORKERS = 2
 
 
+def alternate_flips(n_images: int, seed: int, epoch: int) -> np.ndarray:
+    """Which images are mirrored in a 0-based ``epoch`` under alternating flip.
+
+    A seeded random half in the first epoch, then every image the other way round from the epoch
+    before (airbench's "alternating flip"): over any two consecutive epochs each image is seen
+    once as it is and once mirrored, where random flips show some images the same way 3 or 4
+    times running.
+    """
+    first = np.random.default_rng([seed, 0xF11B]).random(n_images) < 0.5
+    return first ^ bool(epoch % 2)
+
+
 def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, *, training: bool,
-                 seed: int, mixup: float = 0.0) -> Any:
+                 seed: int, mixup: float = 0.0, alternate_flip_epochs: int | None = None) -> Any:
     """The input pipeline over in-memory uint8 images, for the active Keras backend.
 
     Training batches are shuffled each epoch and always full (the last partial batch is dropped):
@@ -251,16 +263,25 @@ def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, *, tr
     With ``mixup`` > 0 (training only), each batch is mixed with itself in reverse order: image i
     becomes w * x_i + (1 - w) * x_(n-1-i), and its target the same mix, w ~ Beta(mixup, mixup) per
     image. Mixing within the batch costs no extra reads.
+
+    With ``alternate_flip_epochs`` (training only), images are mirrored by
+    :func:`alternate_flips` instead of at random (the model's own ``RandomFlip`` must then be
+    off). Under TensorFlow the dataset then holds that many epochs back to back, each reshuffled,
+    and is consumed with ``steps_per_epoch`` (Keras keeps one iterator across epochs then, so each
+    epoch gets its own flips); the array batches count their epochs themselves.
     """
     import keras
 
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        dataset = tf.data.Dataset.from_tensor_slices((images[..., None], targets))
-        if training:
-            dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.batch(batch_size, drop_remainder=training)
+        if training and alternate_flip_epochs:
+            dataset = _alternating_flip_epochs(images, targets, batch_size, seed, alternate_flip_epochs)
+        else:
+            dataset = tf.data.Dataset.from_tensor_slices((images[..., None], targets))
+            if training:
+                dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+            dataset = dataset.batch(batch_size, drop_remainder=training)
         # Fixed parallelism, not tf.data.AUTOTUNE: the autotuner's background thread sleeps
         # between its optimisation rounds (up to a minute apart), and Keras destroys the training
         # and validation iterators after every epoch, which waits for that sleep to end. Measured
@@ -284,7 +305,28 @@ def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, *, tr
             dataset = dataset.map(mix, num_parallel_calls=PIPELINE_WORKERS)
         return dataset.prefetch(PIPELINE_WORKERS)
     return _array_batches(images, targets, batch_size, training=training, seed=seed,
-                          mixup=mixup if training else 0.0)
+                          mixup=mixup if training else 0.0,
+                          alternate_flip=bool(training and alternate_flip_epochs))
+
+
+def _alternating_flip_epochs(images: np.ndarray, targets: np.ndarray, batch_size: int, seed: int,
+                             epochs: int) -> Any:
+    """``epochs`` shuffled passes over the images as one tf.data dataset, flipped alternately."""
+    import tensorflow as tf
+
+    first = tf.constant(alternate_flips(len(images), seed, 0))
+    rows = tf.data.Dataset.from_tensor_slices((images[..., None], targets, first))
+
+    def epoch(number: Any) -> Any:
+        # The flips are applied per batch (one op for 128 images, not 128 small ones).
+        def flip(x: Any, y: Any, flipped_first: Any) -> tuple[Any, Any]:
+            mirror = tf.math.logical_xor(flipped_first, tf.equal(number % 2, 1))
+            return tf.where(mirror[:, None, None, None], tf.reverse(x, axis=[2]), x), y
+
+        shuffled = rows.shuffle(len(images), seed=seed + number, reshuffle_each_iteration=False)
+        return shuffled.batch(batch_size, drop_remainder=True).map(flip)
+
+    return tf.data.Dataset.range(epochs).flat_map(epoch)
 
 
 def _mix(values: Any, weight: Any, partner: Any) -> Any:
@@ -292,7 +334,7 @@ def _mix(values: Any, weight: Any, partner: Any) -> Any:
 
 
 def _array_batches(images: np.ndarray, targets: np.ndarray, batch_size: int, *, training: bool,
-                   seed: int, mixup: float = 0.0) -> Any:
+                   seed: int, mixup: float = 0.0, alternate_flip: bool = False) -> Any:
     import keras
 
     class ArrayBatches(keras.utils.PyDataset):
@@ -302,6 +344,7 @@ def _array_batches(images: np.ndarray, targets: np.ndarray, batch_size: int, *, 
             super().__init__()
             self.rng = np.random.default_rng(seed)
             self.order = self.rng.permutation(len(images)) if training else np.arange(len(images))
+            self.epoch = 0
 
         def __len__(self) -> int:
             full, rest = divmod(len(images), batch_size)
@@ -310,6 +353,9 @@ def _array_batches(images: np.ndarray, targets: np.ndarray, batch_size: int, *, 
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
             rows = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
             x, y = images[rows][..., None].astype(np.float32), targets[rows]
+            if alternate_flip:
+                mirror = alternate_flips(len(images), seed, self.epoch)[rows]
+                x[mirror] = x[mirror, :, ::-1]
             if mixup:
                 weight = self.rng.beta(mixup, mixup, size=len(rows)).astype(np.float32)
                 x = _mix(x, weight[:, None, None, None], x[::-1])
@@ -319,6 +365,7 @@ def _array_batches(images: np.ndarray, targets: np.ndarray, batch_size: int, *, 
         def on_epoch_end(self) -> None:
             if training:
                 self.order = self.rng.permutation(len(images))
+                self.epoch += 1
 
     return ArrayBatches()
 
@@ -525,12 +572,15 @@ def train(
     if steps == 0:
         raise ParamsError(f"train.batch_size: {config.batch_size} is larger than the "
                           f"{len(train_y)} training images")
+    alternate = config.augment.flip == "alternate"
     train_ds = make_dataset(train_arrays["images"], train_y, config.batch_size, training=True,
-                            seed=seed, mixup=config.mixup)
+                            seed=seed, mixup=config.mixup,
+                            alternate_flip_epochs=config.epochs if alternate else None)
     val_ds = make_dataset(val_arrays["images"], val_y, config.batch_size, training=False,
                           seed=seed)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(arch, n_classes, image_size, config.augment, seed)
+        fit_patch_whitening(model, train_arrays["images"])
         # Trains a twin with TensorFlow's fused BatchNorm (~1.3x the step rate on CPU); its
         # weights are copied into ``model``, whose stock layers are what gets saved.
         trained = with_fused_batch_norm(model)
@@ -565,8 +615,12 @@ def train(
     logger.info("training %s on %d images (%d steps/epoch of %d), validating on %d", arch,
                 len(train_y), steps, config.batch_size, len(val_y))
     # shuffle=False: the input pipeline already reshuffles every epoch.
+    # With alternating flip, the TensorFlow dataset holds every epoch back to back: one iterator
+    # must run through it, which Keras does when given steps_per_epoch.
+    tf_alternate = alternate and keras.backend.backend() == "tensorflow"
     trained.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
-                class_weight=class_weight, shuffle=False, verbose=0)
+                class_weight=class_weight, shuffle=False, verbose=0,
+                steps_per_epoch=steps if tf_alternate else None)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     history = {key: [row[key] for row in rows] for key in rows[0]}
     epochs_run = len(history["val_accuracy"])
