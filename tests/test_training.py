@@ -9,11 +9,14 @@ from ferops.models import (
     Augmentation,
     ModelConfig,
     build_model,
+    fit_patch_whitening,
+    patch_whitening_kernel,
     space_to_depth,
     with_fused_batch_norm,
 )
 from ferops.training import (
     TrainConfig,
+    alternate_flips,
     labelled_only,
     make_dataset,
     make_optimizer,
@@ -36,6 +39,8 @@ from ferops.training import (
     ({"learning_rate": 0.1}, "train.learning_rate: unknown key; known keys here: augment, batch_size, "),
     ({"augment": {"rotation": 2}}, "train.augment.rotation: Input should be less than 1; got 2"),
     ({"augment": {"flipp": True}}, "train.augment.flipp: unknown key; known keys here: contrast, erasing, "),
+    ({"augment": {"flip": "sometimes"}},
+     "train.augment.flip: expected true, false or alternate; got 'sometimes'"),
     ({"target": "mix"}, "train.target: Input should be 'hard', 'soft' or 'blend'; got 'mix'"),
     ({"blend_alpha": 1.5}, "train.blend_alpha: Input should be less than or equal to 1; got 1.5"),
     ({"ema_momentum": 1}, "train.ema_momentum: Input should be less than 1; got 1"),
@@ -395,3 +400,114 @@ def test_ema_weights_are_validated_and_checkpointed(prepared_dir, tmp_path):
     images = val_arrays["images"][..., None].astype(np.float32)
     accuracy = (saved.predict(images, verbose=0).argmax(axis=1) == val_arrays["label"]).mean()
     assert accuracy == pytest.approx(averaged.history["val_accuracy"][0], abs=1e-6)
+
+
+def _lopsided_faces(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose left half is brighter (so a mirrored one shows), each its own class."""
+    images = np.zeros((count, 48, 48), np.uint8)
+    images[:, :, :24] = 200
+    images += np.arange(count, dtype=np.uint8)[:, None, None]
+    return images, np.eye(count, dtype=np.float32)
+
+
+def _seen(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids, whether each was mirrored) of one batch of :func:`_lopsided_faces`."""
+    x = np.asarray(x)
+    return np.asarray(y).argmax(axis=1), x[:, 0, 0, 0] < x[:, 0, 47, 0]
+
+
+@pytest.mark.parametrize("backend_pipeline", ["tensorflow", "arrays"])
+def test_alternating_flip_mirrors_each_image_on_every_other_epoch(backend_pipeline, monkeypatch):
+    import keras
+
+    images, targets = _lopsided_faces(20)
+    if backend_pipeline == "arrays":
+        monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    dataset = make_dataset(images, targets, 5, training=True, seed=1, alternate_flip_epochs=3)
+    if backend_pipeline == "tensorflow":
+        batches = list(dataset)
+        epochs = [batches[4 * epoch:4 * epoch + 4] for epoch in range(3)]
+        assert len(batches) == 12
+    else:
+        epochs = []
+        for _ in range(3):
+            epochs.append([dataset[index] for index in range(len(dataset))])
+            dataset.on_epoch_end()
+    orders = []
+    for epoch, batches in enumerate(epochs):
+        ids, mirrored = (np.concatenate(parts) for parts in zip(*(_seen(*b) for b in batches),
+                                                                 strict=True))
+        assert sorted(ids.tolist()) == list(range(20))  # every image once per epoch
+        flips = np.zeros(20, bool)
+        flips[ids] = mirrored
+        np.testing.assert_array_equal(flips, alternate_flips(20, 1, epoch))
+        orders.append(ids.tolist())
+    assert orders[0] != orders[1]  # reshuffled each epoch
+    first = alternate_flips(20, 1, 0)
+    assert 5 <= first.sum() <= 15  # a random half, not all one way
+    np.testing.assert_array_equal(alternate_flips(20, 1, 1), ~first)
+
+
+def test_keras_runs_the_alternating_flip_epochs_in_order():
+    # train() hands Keras one dataset holding every epoch and steps_per_epoch: Keras must keep
+    # one iterator across epochs (a new one per epoch would replay the first epoch's flips).
+    import keras
+
+    images, targets = _lopsided_faces(20)
+    seen: list[np.ndarray] = []
+
+    class Recorder(keras.Model):
+        def call(self, x):
+            return x
+
+        def train_step(self, data):
+            seen.append(_seen(*data))
+            return {"rows": float(len(seen[-1][0]))}
+
+    model = Recorder()
+    model.compile(run_eagerly=True)
+    dataset = make_dataset(images, targets, 5, training=True, seed=4, alternate_flip_epochs=3)
+    model.fit(dataset, epochs=3, steps_per_epoch=4, verbose=0)
+    assert len(seen) == 12
+    for epoch in range(3):
+        ids, mirrored = (np.concatenate(parts) for parts in zip(*seen[4 * epoch:4 * epoch + 4],
+                                                                 strict=True))
+        flips = np.zeros(20, bool)
+        flips[ids] = mirrored
+        np.testing.assert_array_equal(flips, alternate_flips(20, 4, epoch))
+
+
+def test_patch_whitening_decorrelates_the_patches_of_unseen_faces(prepared_dir, faces):
+    kernel = patch_whitening_kernel(load_arrays(prepared_dir / "train.npz")["images"][:4000])
+    assert kernel.shape == (3, 3, 1, 18)
+    filters = kernel.reshape(9, 18)
+    np.testing.assert_array_equal(filters[:, 9:], -filters[:, :9])
+    # PublicTest faces, never seen by the fit: their 3x3 patches come out decorrelated, each
+    # direction with about unit variance (epsilon shrinks the faintest one somewhat).
+    pixels = faces["images"][:1000].astype(np.float32) * (2 / 255) - 1
+    windows = np.lib.stride_tricks.sliding_window_view(pixels, (3, 3), axis=(1, 2))[:, ::2, ::2]
+    whitened = windows.reshape(-1, 9) @ filters[:, :9]
+    covariance = whitened.T @ whitened / len(whitened)
+    assert np.diag(covariance) == pytest.approx(np.ones(9), abs=0.25)
+    assert np.abs(covariance - np.diag(np.diag(covariance))).max() < 0.05
+    # Raw patches are far from white: neighbouring pixels correlate strongly.
+    raw = windows.reshape(-1, 9)
+    assert np.corrcoef(raw[:, 0], raw[:, 1])[0, 1] > 0.8
+
+
+@pytest.mark.slow
+def test_train_fits_the_whitening_layer_keeps_it_fixed_and_saves_it(prepared_dir, tmp_path):
+    import keras
+
+    train_arrays = subsample(load_arrays(prepared_dir / "train.npz"), 256, seed=0)
+    val_arrays = subsample(load_arrays(prepared_dir / "public_test.npz"), 256, seed=0)
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.05, optimizer="sgd", schedule="constant",
+                         warmup_fraction=0)
+    result = train(config, train_arrays, val_arrays, arch="resnet_s2d_whiten", seed=3, n_classes=7,
+                   image_size=48, checkpoint=tmp_path / "white.keras")
+    assert np.isfinite(result.history["loss"][0])
+    saved = keras.saving.load_model(tmp_path / "white.keras").get_layer("patch_whitening")
+    assert not saved.trainable
+    np.testing.assert_allclose(saved.get_weights()[0], patch_whitening_kernel(train_arrays["images"]),
+                               rtol=1e-5, atol=1e-6)
+    assert not fit_patch_whitening(build_model("resnet_s2d"), train_arrays["images"])

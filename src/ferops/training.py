@@ -311,22 +311,26 @@ def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, *, tr
 
 def _alternating_flip_epochs(images: np.ndarray, targets: np.ndarray, batch_size: int, seed: int,
                              epochs: int) -> Any:
-    """``epochs`` shuffled passes over the images as one tf.data dataset, flipped alternately."""
+    """``epochs`` shuffled passes over the images as one tf.data dataset, flipped alternately.
+
+    The order and the flips of every epoch are drawn up front in NumPy (a few MB of indices);
+    the pipeline gathers each batch and mirrors the rows that its flags say.
+    """
     import tensorflow as tf
 
-    first = tf.constant(alternate_flips(len(images), seed, 0))
-    rows = tf.data.Dataset.from_tensor_slices((images[..., None], targets, first))
+    rng = np.random.default_rng([seed, 0x5EED])
+    kept = len(images) // batch_size * batch_size  # full batches, like the random-flip pipeline
+    orders = [rng.permutation(len(images))[:kept] for _ in range(epochs)]
+    mirrors = [alternate_flips(len(images), seed, epoch)[order] for epoch, order in enumerate(orders)]
+    pixels, labels = tf.constant(images[..., None]), tf.constant(targets)
 
-    def epoch(number: Any) -> Any:
-        # The flips are applied per batch (one op for 128 images, not 128 small ones).
-        def flip(x: Any, y: Any, flipped_first: Any) -> tuple[Any, Any]:
-            mirror = tf.math.logical_xor(flipped_first, tf.equal(number % 2, 1))
-            return tf.where(mirror[:, None, None, None], tf.reverse(x, axis=[2]), x), y
+    def gather(rows: Any, mirror: Any) -> tuple[Any, Any]:
+        x = tf.gather(pixels, rows)
+        return tf.where(mirror[:, None, None, None], tf.reverse(x, axis=[2]), x), tf.gather(labels, rows)
 
-        shuffled = rows.shuffle(len(images), seed=seed + number, reshuffle_each_iteration=False)
-        return shuffled.batch(batch_size, drop_remainder=True).map(flip)
-
-    return tf.data.Dataset.range(epochs).flat_map(epoch)
+    dataset = tf.data.Dataset.from_tensor_slices((np.concatenate(orders).astype(np.int32),
+                                                  np.concatenate(mirrors)))
+    return dataset.batch(batch_size, drop_remainder=True).map(gather)
 
 
 def _mix(values: Any, weight: Any, partner: Any) -> Any:
