@@ -159,5 +159,6 @@ def main() -> None:
     print(f"  against the fastest round's convolutions ({best_conv / 1e12:.3f} TFLOP/s): "
           f"{images_per_second * training / best_conv:.1%}")
 
+
 if __name__ == "__main__":
     main()
