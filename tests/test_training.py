@@ -417,6 +417,14 @@ def _seen(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(y).argmax(axis=1), x[:, 0, 0, 0] < x[:, 0, 47, 0]
 
 
+def _epoch_seen(seen: list[tuple[np.ndarray, np.ndarray]], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids in order, which of the ``count`` images were mirrored) over one epoch's batches."""
+    ids, mirrored = (np.concatenate(parts) for parts in zip(*seen, strict=True))
+    flips = np.zeros(count, bool)
+    flips[ids] = mirrored
+    return ids, flips
+
+
 @pytest.mark.parametrize("backend_pipeline", ["tensorflow", "arrays"])
 def test_alternating_flip_mirrors_each_image_on_every_other_epoch(backend_pipeline, monkeypatch):
     import keras
@@ -436,11 +444,8 @@ def test_alternating_flip_mirrors_each_image_on_every_other_epoch(backend_pipeli
             dataset.on_epoch_end()
     orders = []
     for epoch, batches in enumerate(epochs):
-        ids, mirrored = (np.concatenate(parts) for parts in zip(*(_seen(*b) for b in batches),
-                                                                 strict=True))
+        ids, flips = _epoch_seen([_seen(*batch) for batch in batches], 20)
         assert sorted(ids.tolist()) == list(range(20))  # every image once per epoch
-        flips = np.zeros(20, bool)
-        flips[ids] = mirrored
         np.testing.assert_array_equal(flips, alternate_flips(20, 1, epoch))
         orders.append(ids.tolist())
     assert orders[0] != orders[1]  # reshuffled each epoch
@@ -471,10 +476,7 @@ def test_keras_runs_the_alternating_flip_epochs_in_order():
     model.fit(dataset, epochs=3, steps_per_epoch=4, shuffle=False, verbose=0)
     assert len(seen) == 12
     for epoch in range(3):
-        ids, mirrored = (np.concatenate(parts) for parts in zip(*seen[4 * epoch:4 * epoch + 4],
-                                                                 strict=True))
-        flips = np.zeros(20, bool)
-        flips[ids] = mirrored
+        _, flips = _epoch_seen(seen[4 * epoch:4 * epoch + 4], 20)
         np.testing.assert_array_equal(flips, alternate_flips(20, 4, epoch))
 
 
