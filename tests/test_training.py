@@ -71,8 +71,8 @@ def test_any_epoch_count_has_a_valid_warm_up(epochs):
 
 def test_unknown_architecture_lists_the_choices():
     with pytest.raises(ParamsError, match="model.arch: architecture 'alexnet' is not one of: mini_xception, "
-                                          "resnet, resnet_s2d, resnet_s2d_gelu, resnet_s2d_whiten, seed_cnn, "
-                                          "vgg"):
+                                          "resnet, resnet_s2d, resnet_s2d_gelu, resnet_s2d_std, "
+                                          "resnet_s2d_whiten, resnet_s2d_whiten_std, seed_cnn, vgg"):
         build(ModelConfig, {"arch": "alexnet"}, "model")
     with pytest.raises(ParamsError, match="unknown architecture 'alexnet'"):
         build_model("alexnet")
