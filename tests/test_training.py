@@ -12,7 +12,6 @@ from ferops.models import (
     fit_patch_whitening,
     patch_whitening_kernel,
     space_to_depth,
-    standardize_images,
     with_fused_batch_norm,
 )
 from ferops.training import (
@@ -72,8 +71,8 @@ def test_any_epoch_count_has_a_valid_warm_up(epochs):
 
 def test_unknown_architecture_lists_the_choices():
     with pytest.raises(ParamsError, match="model.arch: architecture 'alexnet' is not one of: mini_xception, "
-                                          "resnet, resnet_s2d, resnet_s2d_gelu, resnet_s2d_std, "
-                                          "resnet_s2d_whiten, resnet_s2d_whiten_std, seed_cnn, vgg"):
+                                          "resnet, resnet_s2d, resnet_s2d_gelu, resnet_s2d_whiten, seed_cnn, "
+                                          "vgg"):
         build(ModelConfig, {"arch": "alexnet"}, "model")
     with pytest.raises(ParamsError, match="unknown architecture 'alexnet'"):
         build_model("alexnet")
@@ -481,24 +480,14 @@ def test_keras_runs_the_alternating_flip_epochs_in_order():
         np.testing.assert_array_equal(flips, alternate_flips(20, 4, epoch))
 
 
-def _standardized(images):
-    # Written out here, apart from the library's standardize_images, as the reference.
-    pixels = images.astype(np.float64) / 255
-    mean = pixels.mean(axis=(1, 2), keepdims=True)
-    return (pixels - mean) / np.sqrt(pixels.var(axis=(1, 2), keepdims=True) + 1e-3)
-
-
-@pytest.mark.parametrize("standardize", [False, True])
-def test_patch_whitening_decorrelates_the_patches_of_unseen_faces(prepared_dir, faces, standardize):
-    kernel = patch_whitening_kernel(load_arrays(prepared_dir / "train.npz")["images"][:4000],
-                                    standardize=standardize)
+def test_patch_whitening_decorrelates_the_patches_of_unseen_faces(prepared_dir, faces):
+    kernel = patch_whitening_kernel(load_arrays(prepared_dir / "train.npz")["images"][:4000])
     assert kernel.shape == (3, 3, 1, 18)
     filters = kernel.reshape(9, 18)
     np.testing.assert_array_equal(filters[:, 9:], -filters[:, :9])
     # PublicTest faces, never seen by the fit: their 3x3 patches come out decorrelated, each
     # direction with about unit variance (epsilon shrinks the faintest one somewhat).
-    images = faces["images"][:1000]
-    pixels = _standardized(images) if standardize else images.astype(np.float32) * (2 / 255) - 1
+    pixels = faces["images"][:1000].astype(np.float32) * (2 / 255) - 1
     windows = np.lib.stride_tricks.sliding_window_view(pixels, (3, 3), axis=(1, 2))[:, ::2, ::2]
     whitened = windows.reshape(-1, 9) @ filters[:, :9]
     covariance = whitened.T @ whitened / len(whitened)
@@ -509,48 +498,19 @@ def test_patch_whitening_decorrelates_the_patches_of_unseen_faces(prepared_dir, 
     assert np.corrcoef(raw[:, 0], raw[:, 1])[0, 1] > 0.8
 
 
-def test_standardizing_models_see_the_same_face_at_any_brightness_and_contrast(faces):
-    import keras
-
-    images = faces["images"][:64].astype(np.float32)[..., None]
-    # A darker, flatter copy (the pixels stay within 0..255, as a photo's would).
-    dimmed = 0.6 * images + 20
-    first = {}
-    for arch in ("resnet_s2d_std", "resnet_s2d"):
-        model = build_model(arch)
-        first[arch] = keras.Model(model.input, model.layers[2].output)
-    standardized = first["resnet_s2d_std"].predict(images, verbose=0)
-    np.testing.assert_allclose(standardized[..., 0], _standardized(images[..., 0]), atol=1e-4)
-    np.testing.assert_allclose(standardize_images(images), standardized, atol=1e-5)
-    assert np.abs(standardized.mean(axis=(1, 2, 3))).max() < 1e-4
-    # Only the epsilon on the variance (a few % of a face's) keeps this from being exact.
-    np.testing.assert_allclose(first["resnet_s2d_std"].predict(dimmed, verbose=0), standardized,
-                               rtol=0.1, atol=1e-3)
-    # The plain net's first layer sees the change in full.
-    plain = first["resnet_s2d"].predict(images, verbose=0)
-    assert np.abs(first["resnet_s2d"].predict(dimmed, verbose=0) - plain).mean() > 0.1
-    # A blank image comes out as zeros, not as noise divided by zero.
-    blank = first["resnet_s2d_std"].predict(np.full((1, 48, 48, 1), 128.0, np.float32), verbose=0)
-    np.testing.assert_array_equal(blank, np.zeros_like(blank))
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(("arch", "standardize"), [("resnet_s2d_whiten", False),
-                                                   ("resnet_s2d_whiten_std", True)])
-def test_train_fits_the_whitening_layer_keeps_it_fixed_and_saves_it(prepared_dir, tmp_path, arch,
-                                                                    standardize):
+def test_train_fits_the_whitening_layer_keeps_it_fixed_and_saves_it(prepared_dir, tmp_path):
     import keras
 
     train_arrays = subsample(load_arrays(prepared_dir / "train.npz"), 256, seed=0)
     val_arrays = subsample(load_arrays(prepared_dir / "public_test.npz"), 256, seed=0)
     config = TrainConfig(epochs=1, batch_size=64, lr=0.05, optimizer="sgd", schedule="constant",
                          warmup_fraction=0)
-    result = train(config, train_arrays, val_arrays, arch=arch, seed=3, n_classes=7,
+    result = train(config, train_arrays, val_arrays, arch="resnet_s2d_whiten", seed=3, n_classes=7,
                    image_size=48, checkpoint=tmp_path / "white.keras")
     assert np.isfinite(result.history["loss"][0])
     saved = keras.saving.load_model(tmp_path / "white.keras").get_layer("patch_whitening")
     assert not saved.trainable
-    np.testing.assert_allclose(saved.get_weights()[0], patch_whitening_kernel(train_arrays["images"],
-                                                                       standardize=standardize),
+    np.testing.assert_allclose(saved.get_weights()[0], patch_whitening_kernel(train_arrays["images"]),
                                rtol=1e-5, atol=1e-6)
     assert not fit_patch_whitening(build_model("resnet_s2d"), train_arrays["images"])

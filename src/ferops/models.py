@@ -212,32 +212,10 @@ def space_to_depth(x: Any, block: int = 2) -> Any:
 
 # Name of the fixed first layer of the ``resnet_s2d_whiten`` variant, set by fit_patch_whitening.
 PATCH_WHITENING = "patch_whitening"
-# Name of the per-image standardization layer of the ``*_std`` variants, and its epsilon (on the
-# 0..1 pixel scale: an image's standard deviation counts as at least ~8 grey levels, so a nearly
-# blank image is not blown up to noise).
-STANDARDIZE = "standardize"
-STANDARDIZE_EPSILON = 1e-3
-
-
-def standardize_images(images: np.ndarray) -> np.ndarray:
-    """Each image scaled to zero mean and unit variance, as the ``standardize`` layer does it.
-
-    Args:
-        images: Pixels 0..255, shape (n, height, width) or (n, height, width, 1).
-
-    Returns:
-        float32 array of the same shape: ``(x - mean) / sqrt(variance + STANDARDIZE_EPSILON)``
-        per image, with ``x`` the pixels scaled to 0..1.
-    """
-    pixels = np.asarray(images, dtype=np.float32) / 255.0
-    axes = tuple(range(1, pixels.ndim))
-    mean = pixels.mean(axis=axes, keepdims=True)
-    variance = pixels.var(axis=axes, keepdims=True)
-    return (pixels - mean) / np.sqrt(variance + STANDARDIZE_EPSILON)
 
 
 def patch_whitening_kernel(images: np.ndarray, patch: int = 3, epsilon: float = 5e-4,
-                           chunk: int = 2000, standardize: bool = False) -> np.ndarray:
+                           chunk: int = 2000) -> np.ndarray:
     """A fixed conv kernel that whitens the ``patch`` x ``patch`` pixel patches of ``images``.
 
     The speed-training recipes' first layer (Page's DAWNBench ResNet, hlb-CIFAR10, airbench):
@@ -250,19 +228,15 @@ def patch_whitening_kernel(images: np.ndarray, patch: int = 3, epsilon: float = 
         patch: Patch side.
         epsilon: Added to each eigenvalue, so near-constant directions are not blown up to noise.
         chunk: Images per step of the covariance sum (bounds the memory used).
-        standardize: Whiten the patches of per-image standardized pixels
-            (:func:`standardize_images`, what the ``*_std`` architectures see) instead of pixels
-            scaled to -1..1.
 
     Returns:
-        Kernel of shape (patch, patch, 1, 2 * patch**2) for the pixels ``resnet_s2d`` sees.
+        Kernel of shape (patch, patch, 1, 2 * patch**2) for pixels scaled to -1..1, as
+        ``resnet_s2d`` sees them.
     """
     dimensions = patch * patch
     covariance, count = np.zeros((dimensions, dimensions)), 0
     for start in range(0, len(images), chunk):
-        batch = images[start:start + chunk]
-        pixels = (standardize_images(batch) if standardize
-                  else batch.astype(np.float32) * (2.0 / 255.0) - 1.0)
+        pixels = images[start:start + chunk].astype(np.float32) * (2.0 / 255.0) - 1.0
         windows = np.lib.stride_tricks.sliding_window_view(pixels, (patch, patch), axis=(1, 2))
         vectors = windows[:, ::2, ::2].reshape(-1, dimensions).astype(np.float64)
         covariance += vectors.T @ vectors
@@ -285,15 +259,12 @@ def fit_patch_whitening(model: Any, images: np.ndarray) -> bool:
         layer = model.get_layer(PATCH_WHITENING)
     except ValueError:
         return False
-    standardize = any(other.name == STANDARDIZE for other in model.layers)
-    layer.set_weights([patch_whitening_kernel(images, patch=layer.kernel_size[0],
-                                              standardize=standardize)])
+    layer.set_weights([patch_whitening_kernel(images, patch=layer.kernel_size[0])])
     logger.info("patch whitening fitted on %d training images", len(images))
     return True
 
 
-def resnet_s2d(x: Any, activation: str = "relu", whiten: bool = False,
-               standardize: bool = False) -> Any:
+def resnet_s2d(x: Any, activation: str = "relu", whiten: bool = False) -> Any:
     """The CPU recipe: a space-to-depth ResNet sized for ~30 minutes of training on 2 CPU cores.
 
     The lossless space-to-depth stem turns 48x48x1 into 24x24x4, so no layer runs at full
@@ -306,10 +277,7 @@ def resnet_s2d(x: Any, activation: str = "relu", whiten: bool = False,
     convolution under oneDNN). ``whiten`` (the ``resnet_s2d_whiten`` variant) replaces the
     space-to-depth stem by a fixed patch-whitening layer: 3x3 patches at stride 2, 9 whitened
     directions and their negatives, ReLU (see :func:`patch_whitening_kernel`; the training stage
-    sets it from the Training images, :func:`fit_patch_whitening`). ``standardize`` (the ``*_std``
-    variants) scales each image to zero mean and unit variance instead of mapping 0..255 to
-    -1..1: a photo's overall brightness and contrast no longer reach the network (JAFFE's studio
-    photos are darker and of higher contrast than FER2013's web photos; README).
+    sets it from the Training images, :func:`fit_patch_whitening`).
     """
     from keras import layers
 
@@ -317,16 +285,8 @@ def resnet_s2d(x: Any, activation: str = "relu", whiten: bool = False,
         return _conv_bn_relu(y, filters, strides=strides, initializer="he_normal", momentum=0.9,
                              activation=activation)
 
-    if standardize:
-        # A LayerNormalization over height, width and channel without scale or offset is exactly
-        # per-image standardization, in a built-in layer that every backend and the ONNX export
-        # know; the padding's zero then means the image's own mean grey.
-        x = layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False,
-                                      epsilon=STANDARDIZE_EPSILON, dtype="float32",
-                                      name=STANDARDIZE)(x)
-    else:
-        # Centre the 0..1 pixels on zero so the zero padding of the convolutions means mid-grey.
-        x = layers.Rescaling(2.0, offset=-1.0, dtype="float32")(x)
+    # Centre the 0..1 pixels on zero so the zero padding of the convolutions means mid-grey.
+    x = layers.Rescaling(2.0, offset=-1.0, dtype="float32")(x)
     if whiten:
         x = layers.Conv2D(18, 3, strides=2, padding="same", use_bias=False, trainable=False,
                           name=PATCH_WHITENING)(x)
@@ -346,8 +306,6 @@ ARCHITECTURES: dict[str, Callable[[Any], Any]] = {
     "resnet_s2d": resnet_s2d,
     "resnet_s2d_gelu": functools.partial(resnet_s2d, activation="gelu"),
     "resnet_s2d_whiten": functools.partial(resnet_s2d, whiten=True),
-    "resnet_s2d_std": functools.partial(resnet_s2d, standardize=True),
-    "resnet_s2d_whiten_std": functools.partial(resnet_s2d, whiten=True, standardize=True),
     "mini_xception": mini_xception,
     "resnet": resnet,
     "vgg": vgg,
