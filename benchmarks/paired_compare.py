@@ -49,6 +49,9 @@ def main() -> None:
     for version in args.versions:
         run_id = client.get_model_version(args.name, version).run_id
         names[version] = client.get_run(run_id).info.run_name if run_id else "?"
+        # The model as saved (mixed precision where it was trained so), as the evaluate stage
+        # scores it, so the figures match reports/metrics.json; ferops.inference.load_classifier
+        # casts to float32 (what predict and serve run), which can move a face or two.
         model = mlflow.keras.load_model(f"models:/{args.name}/{version}")
         probabilities = model.predict(images, batch_size=256, verbose=0)
         # Labels the model has no output for (CK+'s contempt) are left out, as evaluate does.
