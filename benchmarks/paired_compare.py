@@ -11,6 +11,16 @@ all seven outputs compete, so on CK+ this is the evaluate stage's "unmasked" fig
 
     python benchmarks/paired_compare.py 1 11 14 [--data data/prepared/jaffe.npz]
         [--name ferops-fer2013] [--tracking-uri sqlite:///mlflow.db]
+
+One run of a recipe is one draw: JAFFE moves by a few points between seeds of the same recipe.
+To compare recipes rather than runs, give each as a group of versions (its seeds):
+
+    python benchmarks/paired_compare.py --group new=11,15,20 --group old=19,18,21
+
+prints each group's runs and mean accuracy, and the difference of the means with a 95 %
+interval from a bootstrap over the test set's subjects (the people: JAFFE is 10 women with ~21
+photos each, CK+ has several frames per sequence, so faces are not independent draws), each
+group's per-face share of correct runs resampled together.
 """
 
 from __future__ import annotations
@@ -24,12 +34,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("versions", nargs="+", help="registry versions; the first is the reference")
+    parser.add_argument("versions", nargs="*", help="registry versions; the first is the reference")
+    parser.add_argument("--group", action="append", default=[], metavar="NAME=V1,V2,...",
+                        help="a recipe as the versions of its runs (seeds); give two or more, "
+                             "the first is the reference")
+    parser.add_argument("--resamples", type=int, default=10_000,
+                        help="bootstrap resamples of the subjects (with --group)")
     parser.add_argument("--data", type=Path, default=ROOT / "data/prepared/jaffe.npz",
                         help="a prepared .npz test set (images, label)")
     parser.add_argument("--name", default="ferops-fer2013", help="the registered model's name")
     parser.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'mlflow.db'}")
     args = parser.parse_args()
+    groups = parse_groups(parser, args.group)
+    if bool(args.versions) == bool(groups):
+        parser.error("give either versions to compare run by run, or two or more --group")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import mlflow
@@ -46,7 +64,8 @@ def main() -> None:
     labels = arrays["label"]
     print(f"{args.data} ({len(labels)} images), registered model {args.name}, single view")
     correct, names = {}, {}
-    for version in args.versions:
+    # A version in several groups is scored once.
+    for version in dict.fromkeys(args.versions or [v for vs in groups.values() for v in vs]):
         run_id = client.get_model_version(args.name, version).run_id
         names[version] = client.get_run(run_id).info.run_name if run_id else "?"
         # The model as saved (mixed precision where it was trained so), as the evaluate stage
@@ -59,6 +78,9 @@ def main() -> None:
         correct[version] = probabilities[scored].argmax(axis=1) == labels[scored]
         print(f"  v{version} {names[version]}: {correct[version].mean() * 100:.2f} % "
               f"({int(correct[version].sum())} of {len(correct[version])})")
+    if groups:
+        compare_groups(groups, correct, names, arrays["subject"][scored], args.resamples)
+        return
     reference = args.versions[0]
     for version in args.versions[1:]:
         only_reference = int((correct[reference] & ~correct[version]).sum())
@@ -68,6 +90,51 @@ def main() -> None:
         print(f"v{reference} {names[reference]} vs v{version} {names[version]}: only v{reference} "
               f"right {only_reference}, only v{version} right {only_other}, "
               f"exact McNemar p = {p_value:.3f}")
+
+
+def parse_groups(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, list[str]]:
+    """``["new=11,15", "old=1,18"]`` -> ``{"new": ["11", "15"], "old": ["1", "18"]}``."""
+    groups: dict[str, list[str]] = {}
+    for spec in specs:
+        name, _, members = spec.partition("=")
+        versions = [v.strip() for v in members.split(",") if v.strip()]
+        if not name or not versions or not all(v.isdigit() for v in versions):
+            parser.error(f"--group {spec!r}: expected NAME=V1,V2,... with registry version numbers")
+        if name in groups:
+            parser.error(f"--group {spec!r}: the name {name!r} is given twice")
+        groups[name] = versions
+    if len(groups) == 1:
+        parser.error("--group: give at least two groups to compare")
+    return groups
+
+
+def compare_groups(groups: dict[str, list[str]], correct: dict, names: dict[str, str],
+                   subjects, resamples: int) -> None:
+    """Print each group's mean accuracy and the mean differences with subject-bootstrap intervals."""
+    import numpy as np
+
+    # Per face, the share of a group's runs that got it right; its mean is the group's mean
+    # accuracy over its runs.
+    share = {}
+    for group, members in groups.items():
+        share[group] = np.mean([correct[v] for v in members], axis=0)
+        runs = ", ".join(f"v{v} {names[v]} {correct[v].mean() * 100:.2f}" for v in members)
+        print(f"{group}: mean {share[group].mean() * 100:.2f} % over {len(members)} runs ({runs})")
+    people = np.unique(subjects)
+    faces_of = [np.flatnonzero(subjects == person) for person in people]
+    rng = np.random.default_rng(0)
+    # Resample whole subjects with replacement; each resample takes all faces of the drawn ones.
+    draws = rng.integers(0, len(people), size=(resamples, len(people)))
+    reference = next(iter(groups))
+    for group in list(groups)[1:]:
+        difference = share[group] - share[reference]
+        sums = np.array([difference[faces].sum() for faces in faces_of])
+        counts = np.array([len(faces) for faces in faces_of])
+        boot = sums[draws].sum(axis=1) / counts[draws].sum(axis=1) * 100
+        low, high = np.percentile(boot, [2.5, 97.5])
+        print(f"{group} - {reference}: {difference.mean() * 100:+.2f} points, 95 % interval "
+              f"[{low:+.2f}, {high:+.2f}] (bootstrap over {len(people)} subjects, "
+              f"{resamples} resamples)")
 
 
 if __name__ == "__main__":
