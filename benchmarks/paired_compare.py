@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'mlflow.db'}")
     args = parser.parse_args()
     groups = parse_groups(parser, args.group)
+    if args.resamples < 1:
+        parser.error(f"--resamples: expected a positive count, got {args.resamples}")
     if bool(args.versions) == bool(groups):
         parser.error("give either versions to compare run by run, or two or more --group")
 
@@ -62,6 +64,9 @@ def main() -> None:
     arrays = load_arrays(args.data)
     images = arrays["images"].astype(np.float32)[..., None]
     labels = arrays["label"]
+    if groups and "subject" not in arrays:
+        parser.error(f"--group: {args.data} has no 'subject' array to resample people by "
+                     "(jaffe.npz and ckplus.npz have one)")
     print(f"{args.data} ({len(labels)} images), registered model {args.name}, single view")
     correct, names = {}, {}
     # A version in several groups is scored once.
