@@ -125,17 +125,16 @@ def compare_groups(groups: dict[str, list[str]], correct: dict, names: dict[str,
         share[group] = np.mean([correct[v] for v in members], axis=0)
         runs = ", ".join(f"v{v} {names[v]} {correct[v].mean() * 100:.2f}" for v in members)
         print(f"{group}: mean {share[group].mean() * 100:.2f} % over {len(members)} runs ({runs})")
-    people = np.unique(subjects)
-    faces_of = [np.flatnonzero(subjects == person) for person in people]
+    people, person_of_face = np.unique(subjects, return_inverse=True)
+    faces_per_person = np.bincount(person_of_face)
     rng = np.random.default_rng(0)
     # Resample whole subjects with replacement; each resample takes all faces of the drawn ones.
     draws = rng.integers(0, len(people), size=(resamples, len(people)))
     reference = next(iter(groups))
     for group in list(groups)[1:]:
         difference = share[group] - share[reference]
-        sums = np.array([difference[faces].sum() for faces in faces_of])
-        counts = np.array([len(faces) for faces in faces_of])
-        boot = sums[draws].sum(axis=1) / counts[draws].sum(axis=1) * 100
+        per_person = np.bincount(person_of_face, weights=difference)
+        boot = per_person[draws].sum(axis=1) / faces_per_person[draws].sum(axis=1) * 100
         low, high = np.percentile(boot, [2.5, 97.5])
         print(f"{group} - {reference}: {difference.mean() * 100:+.2f} points, 95 % interval "
               f"[{low:+.2f}, {high:+.2f}] (bootstrap over {len(people)} subjects, "
