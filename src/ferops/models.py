@@ -96,6 +96,67 @@ def augmentation_layers(settings: Augmentation, seed: int) -> list[Any]:
     return stack
 
 
+# oneDNN (TensorFlow's CPU kernels) corrupts the heap in the backward pass of a 1x1 convolution
+# with a stride above 1 on fewer input channels than its 16-channel block: seen on an AMD EPYC
+# (avx512_bf16, no AMX) as glibc's "corrupted double-linked list" abort after
+# ``brgconv_strided:avx512_core`` backward_data of ``mb16_ic8oc16_ih48oh24kh1sh2`` (mini_xception's
+# first shortcut), and as oneDNN issue #6035 (its "reduce to unit stride" workspace overrun when
+# IC < ic_block). 16 channels, or stride 1, train fine.
+ONEDNN_MIN_STRIDED_POINTWISE_CHANNELS = 16
+
+
+def pointwise_conv(x: Any, filters: int, strides: int = 1, padding: str = "same", **kwargs: Any) -> Any:
+    """A bias-free 1x1 ``Conv2D``, safe from oneDNN's strided 1x1 bug on narrow inputs.
+
+    With ``strides`` > 1 and fewer than :data:`ONEDNN_MIN_STRIDED_POINTWISE_CHANNELS` input
+    channels, the input is first subsampled by a 1x1 ``MaxPooling2D`` with that stride (it keeps
+    every ``strides``-th pixel, exactly the pixels a strided 1x1 kernel reads) and the convolution
+    runs at stride 1: the same arithmetic, without the crashing kernel. Both are stock Keras
+    layers, so a saved ``.keras`` file still loads with plain Keras. Every 1x1 convolution of the
+    zoo goes through here; :func:`build_model` refuses a net that bypasses it
+    (:func:`unsafe_strided_pointwise_convolutions`).
+
+    Args:
+        x: Input tensor (NHWC).
+        filters: Output channels.
+        strides: Spatial stride.
+        padding: ``same`` or ``valid`` (identical for a 1x1 kernel).
+        **kwargs: Further ``Conv2D`` arguments (initializer, name, ...).
+
+    Returns:
+        The convolution's output tensor.
+    """
+    from keras import layers
+
+    if strides != 1 and int(x.shape[-1]) < ONEDNN_MIN_STRIDED_POINTWISE_CHANNELS:
+        x = layers.MaxPooling2D(pool_size=1, strides=strides, padding=padding)(x)
+        strides = 1
+    return layers.Conv2D(filters, 1, strides=strides, padding=padding, use_bias=False, **kwargs)(x)
+
+
+def unsafe_strided_pointwise_convolutions(model: Any) -> list[str]:
+    """The ``Conv2D`` layers of ``model`` that would run oneDNN's crashing strided 1x1 kernel.
+
+    Those are 1x1 convolutions with a stride above 1 on fewer than
+    :data:`ONEDNN_MIN_STRIDED_POINTWISE_CHANNELS` input channels (see :func:`pointwise_conv`).
+
+    Returns:
+        Descriptions (layer name, input channels, stride) of the offending layers; empty when safe.
+    """
+    from keras import layers
+
+    found = []
+    for layer in model.layers:
+        if type(layer) is not layers.Conv2D or tuple(layer.kernel_size) != (1, 1):
+            continue
+        if tuple(layer.strides) == (1, 1):
+            continue
+        channels = int(layer.input.shape[-1])
+        if channels < ONEDNN_MIN_STRIDED_POINTWISE_CHANNELS:
+            found.append(f"{layer.name} (1x1, stride {tuple(layer.strides)}, {channels} input channels)")
+    return found
+
+
 def _conv_bn_relu(x: Any, filters: int, kernel: int = 3, strides: int = 1, *,
                   initializer: str = "glorot_uniform", momentum: float = 0.99,
                   activation: str = "relu") -> Any:
@@ -114,7 +175,7 @@ def mini_xception(x: Any) -> Any:
     x = _conv_bn_relu(x, 8)
     x = _conv_bn_relu(x, 8)
     for filters in (16, 32, 64, 128):
-        residual = layers.Conv2D(filters, 1, strides=2, padding="same", use_bias=False)(x)
+        residual = pointwise_conv(x, filters, strides=2)
         residual = layers.BatchNormalization()(residual)
         x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization()(x)
@@ -134,7 +195,7 @@ def _basic_block(x: Any, filters: int, strides: int) -> Any:
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
     y = layers.BatchNormalization()(y)
     if strides != 1 or shortcut.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False)(shortcut)
+        shortcut = pointwise_conv(shortcut, filters, strides=strides, padding="valid")
         shortcut = layers.BatchNormalization()(shortcut)
     return layers.ReLU()(layers.add([y, shortcut]))
 
@@ -350,6 +411,13 @@ def build_model(
     logits = layers.Dense(n_classes, name="logits", dtype="float32")(features)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     model = keras.Model(inputs, outputs, name=arch)
+    unsafe = unsafe_strided_pointwise_convolutions(model)
+    if unsafe:
+        # Refused here rather than left to crash a user's training (or CI) on some CPUs.
+        raise ParamsError(f"model.arch: {arch!r} has strided 1x1 convolutions on fewer than "
+                          f"{ONEDNN_MIN_STRIDED_POINTWISE_CHANNELS} channels, which crash oneDNN's "
+                          f"backward pass on some CPUs: {', '.join(unsafe)}; build them with "
+                          f"ferops.models.pointwise_conv")
     logger.info("built %s: %s parameters", arch, f"{model.count_params():,}")
     return model
 
