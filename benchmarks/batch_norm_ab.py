@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config, arch, seed = recipe(Path(args.params), args.arch)
-    hardware = configure(config.mixed_precision)
+    hardware = configure(config.mixed_precision, arch)
     arrays = load_arrays(args.train)
     images, targets = arrays["images"], targets_for(arrays, "hard", 7, "training data")
     batch = config.batch_size

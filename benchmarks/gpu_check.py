@@ -121,7 +121,7 @@ def check(data: Path, params_path: Path, minutes: float, epochs: int | None,
         changes["max_train_images"] = max_train_images
     config = build(TrainConfig, {**params["train"], **changes}, "train")
     splits = {name: unpack(data, name) for name in SPLITS}
-    hardware = configure(config.mixed_precision)
+    hardware = configure(config.mixed_precision, arch)
     started = time.perf_counter()
     result = train(config, splits["train"], splits["public_test"], arch=arch, seed=base.seed,
                    n_classes=len(base.classes), image_size=base.image_size,

@@ -113,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config, arch, seed = recipe(Path(args.params), args.arch, args.batch)
-    hardware = configure(config.mixed_precision)
+    hardware = configure(config.mixed_precision, arch)
     dtype = "bfloat16" if "bfloat16" in hardware.precision else (
         "float16" if "float16" in hardware.precision else "float32")
 

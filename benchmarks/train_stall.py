@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config, arch, seed = recipe(Path(args.params))
-    hardware = configure(config.mixed_precision)
+    hardware = configure(config.mixed_precision, arch)
     arrays = load_arrays(args.train)
     rows = np.random.default_rng(seed).permutation(len(arrays["images"]))[:args.images]
     images, targets = arrays["images"][rows], targets_for(arrays, "hard", 7, "training data")[rows]

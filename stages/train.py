@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                                mlflow=MlflowConfig)
         base, config, arch = configs["base"], configs["train"], configs["model"].arch
         train_arrays, val_arrays = load_arrays(args.train), load_arrays(args.val)
-        hardware = configure(config.mixed_precision)
+        hardware = configure(config.mixed_precision, arch)
         root = find_project_root(Path.cwd())
         with pipeline_run(configs["mlflow"].experiment, root, os.environ, hardware.tags,
                           read_all_params(args.params)) as run:

@@ -108,6 +108,14 @@ def test_short_training_logs_a_complete_run(project, prepared_dir, repo_root):
     np.testing.assert_allclose(local.predict(faces, verbose=0), probabilities, atol=1e-6)
     report = json.loads((project / "reports/train.json").read_text())
     assert report["epochs_run"] == 1 and report["mlflow_run_id"] == receipt["run_id"]
+    # Which CPU flags chose the precision, in the report and on the run.
+    from ferops.hardware import bf16_flags, cpu_flags, select_precision
+
+    assert report["cpu"]["bf16_flags"] == list(bf16_flags(cpu_flags()))
+    assert report["precision"] == select_precision("auto", [], cpu_flags(), arch="resnet_s2d")
+    assert run.data.tags["cpu.bf16_flags"] == (",".join(report["cpu"]["bf16_flags"]) or "none")
+    assert run.data.tags["precision.reason"] == report["cpu"]["precision_reason"]
+    assert run.data.tags["precision"] == report["precision"]
     assert (project / "reports/plots/history.csv").read_text().count("\n") == 2
 
 

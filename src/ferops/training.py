@@ -665,6 +665,9 @@ def training_summary(result: TrainResult, arch: str, hardware: Any, run_id: str,
         "backend": hardware.backend,
         "devices": list(hardware.devices),
         "precision": hardware.precision,
+        # Which CPU flags chose the precision (and so the oneDNN kernels): two runs reproduce each
+        # other to the digit only when precision and these flags match.
+        "cpu": hardware.report,
         "mlflow_run_id": run_id,
         "data_md5": dict(data_md5),
     }

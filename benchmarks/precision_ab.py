@@ -1,0 +1,77 @@
+"""Training images/s of the default net in float32 against mixed bfloat16, interleaved, on this CPU.
+
+The evidence behind ``ferops.hardware.select_precision``'s CPU rule. Both sides are the default
+net as the train stage trains it (``model.arch`` and ``train`` of params.yaml: augmentation
+layers, the fused-BatchNorm training twin, the optimizer, ``make_dataset``'s tf.data input over
+the real oversampled Training split); they differ only in the Keras dtype policy they were built
+under (``float32`` or ``mixed_bfloat16``). A kernel alone does not decide: casts, BatchNorm,
+augmentation and the optimizer run in float32 either way, so the whole training step is timed.
+
+The two sides alternate, ``--rounds`` times ``--steps`` steps each, so that both see the same
+machine (this VM's speed drifts by up to ~2x over minutes). Printed: the CPU (model name and
+the bfloat16 flags that ``select_precision`` reads), each round's images/s, the median of each
+side and the ratio of the medians.
+
+    python benchmarks/precision_ab.py [--rounds 5] [--steps 20] [--warmup 6] [--arch NAME]
+
+Run it alone on an idle machine, after ``dvc repro oversample``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from ferops.hardware import BF16_FLAGS, cpu_flags, cpu_model
+from ferops.io import load_arrays
+from ferops.training import make_dataset, targets_for
+from train_throughput import add_recipe_arguments, compiled, recipe  # sibling script
+
+POLICIES = ("float32", "mixed_bfloat16")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_recipe_arguments(parser, "data/oversampled/train.npz", "side and round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternations of the two sides")
+    parser.set_defaults(steps=20)
+    args = parser.parse_args()
+
+    import keras
+
+    config, arch, seed = recipe(Path(args.params), args.arch)
+    arrays = load_arrays(args.train)
+    images, targets = arrays["images"], targets_for(arrays, "hard", 7, "training data")
+    batch = config.batch_size
+    steps_per_epoch = len(images) // batch
+    dataset = make_dataset(images, targets, batch, training=True, seed=seed).repeat()
+    sides = {}
+    for policy in POLICIES:
+        # A layer takes the global policy in force when it is built: each side keeps its own.
+        keras.mixed_precision.set_global_policy(policy)
+        sides[policy] = compiled(config, arch, seed, config.augment, steps_per_epoch)
+    keras.mixed_precision.set_global_policy("float32")
+    flags = sorted(set(BF16_FLAGS) & cpu_flags())
+    print(f"CPU {cpu_model()!r}, bfloat16 flags {flags or 'none'}; net {arch}, batch {batch}, "
+          f"backend {keras.backend.backend()}; {args.rounds} rounds of {args.steps} steps per side")
+    for model in sides.values():
+        model.fit(dataset, epochs=1, steps_per_epoch=args.warmup, verbose=0)
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for round_ in range(1, args.rounds + 1):
+        line = []
+        for name, model in sides.items():
+            start = time.perf_counter()
+            model.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0)
+            rates[name].append(args.steps * batch / (time.perf_counter() - start))
+            line.append(f"{name} {rates[name][-1]:6.1f}")
+        print(f"round {round_}: " + ", ".join(line) + " images/s", flush=True)
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    for name, value in medians.items():
+        print(f"median {name}: {value:.1f} images/s")
+    print(f"mixed_bfloat16 / float32: {medians['mixed_bfloat16'] / medians['float32']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
