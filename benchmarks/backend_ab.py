@@ -29,8 +29,9 @@ def child(args: argparse.Namespace) -> None:
     """Measure one backend (the one KERAS_BACKEND selects) and print a JSON line."""
     import keras
 
+    from ferops.input_pipeline import make_dataset
     from ferops.io import load_arrays
-    from ferops.training import make_dataset, targets_for
+    from ferops.targets import targets_for
     from train_throughput import compiled, recipe, step_seconds  # the sibling script
 
     config, arch, seed = recipe(Path(args.params), args.arch)

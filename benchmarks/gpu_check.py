@@ -106,10 +106,10 @@ def check(data: Path, params_path: Path, minutes: float, epochs: int | None,
     import keras
 
     from ferops.config import BaseConfig, build
-    from ferops.evaluation import predict_probabilities
     from ferops.hardware import configure
     from ferops.models import ModelConfig
     from ferops.training import TrainConfig, train
+    from ferops.tta import predict_probabilities
 
     params = yaml.safe_load(params_path.read_text())
     base = build(BaseConfig, params["base"], "base")

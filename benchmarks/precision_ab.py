@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 from ferops.hardware import BF16_FLAGS, cpu_flags, cpu_model
+from ferops.input_pipeline import make_dataset
 from ferops.io import load_arrays
-from ferops.training import make_dataset, targets_for
+from ferops.targets import targets_for
 from train_throughput import add_recipe_arguments, compiled, recipe  # sibling script
 
 POLICIES = ("float32", "mixed_bfloat16")

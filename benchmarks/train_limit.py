@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from ferops.hardware import configure
+from ferops.input_pipeline import make_dataset
 from ferops.io import load_arrays
-from ferops.training import make_dataset, targets_for
+from ferops.targets import targets_for
 from train_throughput import compiled, recipe  # the sibling script
 
 ROOT = Path(__file__).resolve().parents[1]

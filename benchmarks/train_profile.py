@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from ferops.hardware import configure
+from ferops.input_pipeline import make_dataset
 from ferops.io import load_arrays
 from ferops.models import Augmentation
-from ferops.training import make_dataset, targets_for
+from ferops.targets import targets_for
 from train_throughput import add_recipe_arguments, compiled, recipe, step_seconds  # sibling script
 
 ROOT = Path(__file__).resolve().parents[1]

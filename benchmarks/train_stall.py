@@ -4,9 +4,9 @@ Trains the default net (``model.arch``, ``train`` settings of params.yaml, mixed
 train stage picks it) for ``--epochs`` epochs on ``--images`` images of the real oversampled
 Training split, validating on PublicTest, twice:
 
-1. ``autotune``: ``ferops.training.make_dataset`` with tf.data's autotuner switched back on (its
+1. ``autotune``: ``ferops.input_pipeline.make_dataset`` with tf.data's autotuner switched back on (its
    thread runs whether or not the pipeline has tunable parameters);
-2. ``fixed``: ``ferops.training.make_dataset`` as the train stage uses it (autotuner off).
+2. ``fixed``: ``ferops.input_pipeline.make_dataset`` as the train stage uses it (autotuner off).
 
 For each epoch it prints the wall seconds and the process CPU seconds per wall second (2.0 = both
 cores busy). With the autotuner, Keras's destruction of each epoch's iterators waits for the
@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from ferops.hardware import configure
+from ferops.input_pipeline import make_dataset
 from ferops.io import load_arrays
-from ferops.training import labelled_only, make_dataset, targets_for
+from ferops.targets import labelled_only, targets_for
 from train_throughput import ROOT, compiled, recipe
 
 

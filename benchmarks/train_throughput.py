@@ -3,7 +3,7 @@
 Both sides train the same architecture (``model.arch`` of params.yaml) under the same dtype policy
 (``train.mixed_precision``) with the same optimizer settings, on the real prepared Training split:
 
-1. ferops: ``ferops.training.make_dataset`` (tf.data over uint8 arrays, cast per batch) feeding
+1. ferops: ``ferops.input_pipeline.make_dataset`` (tf.data over uint8 arrays, cast per batch) feeding
    ``model.fit``, with the ``train.augment`` augmentation inside the model (as ``dvc repro`` trains);
 2. seed style: the classic Keras 2 ``ImageDataGenerator(rotation_range, width_shift_range,
    height_shift_range, zoom_range, horizontal_flip).flow(x, y, batch_size)`` feeding ``model.fit``,
@@ -34,9 +34,12 @@ import yaml
 
 from ferops.config import BaseConfig, build
 from ferops.hardware import configure
+from ferops.input_pipeline import make_dataset
 from ferops.io import load_arrays
 from ferops.models import Augmentation, ModelConfig, build_model, with_fused_batch_norm
-from ferops.training import TrainConfig, make_dataset, make_optimizer, targets_for
+from ferops.schedule import make_optimizer
+from ferops.targets import targets_for
+from ferops.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

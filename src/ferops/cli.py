@@ -67,7 +67,7 @@ def _inspect(args: argparse.Namespace) -> None:
 
         if "images" not in arrays or "label" not in arrays:
             raise FeropsError(f"{args.path}: has no 'images' and 'label' arrays to draw")
-        from ferops.evaluation import sample_per_class
+        from ferops.evaluation_reports import sample_per_class
 
         label = arrays["label"]
         classes = arrays["classes"].tolist() if "classes" in arrays else []

@@ -235,7 +235,7 @@ def reliability_figure(panels: Mapping[str, Mapping], path: str | os.PathLike[st
     """Save reliability diagrams, one panel per dataset: accuracy vs confidence per bin, with ECE.
 
     Args:
-        panels: Panel title to the output of :func:`ferops.evaluation.calibration`.
+        panels: Panel title to the output of :func:`ferops.metrics.calibration`.
         path: Destination PNG.
         title: Figure title.
     """

@@ -30,7 +30,7 @@ class Augmentation(Section):
     Attributes:
         flip: Random horizontal flips (faces are roughly symmetric; vertical flips are not used);
             ``alternate``: each image mirrored on alternate epochs instead, done by the training
-            input pipeline (``ferops.training.alternate_flips``), so the model has no flip layer.
+            input pipeline (``ferops.input_pipeline.alternate_flips``), so the model has no flip layer.
         rotation: Max rotation as a fraction of a full turn (0.05 = 18 degrees).
         zoom: Max zoom in/out as a fraction of the image size.
         translation: Max shift as a fraction of the image size.

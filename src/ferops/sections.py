@@ -44,7 +44,7 @@ def section_schemas() -> dict[str, type[Section]]:
 
 def _cross_checks(configs: Mapping[str, Any]) -> list[str]:
     """Rules that tie one section to another (class names must be ``base.classes``)."""
-    from ferops.evaluation import group_index
+    from ferops.metrics import group_index
     from ferops.validate import class_share_problems
 
     classes = configs["base"].classes
