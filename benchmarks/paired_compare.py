@@ -29,6 +29,8 @@ import argparse
 import os
 from pathlib import Path
 
+from ferops.paired import group_difference, paired_difference
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,7 +57,6 @@ def main() -> None:
     import mlflow
     import numpy as np
     from mlflow import MlflowClient
-    from scipy.stats import binomtest
 
     from ferops.io import load_arrays
 
@@ -88,13 +89,10 @@ def main() -> None:
         return
     reference = args.versions[0]
     for version in args.versions[1:]:
-        only_reference = int((correct[reference] & ~correct[version]).sum())
-        only_other = int((~correct[reference] & correct[version]).sum())
-        discordant = only_reference + only_other
-        p_value = binomtest(only_reference, discordant).pvalue if discordant else 1.0
+        result = paired_difference(correct[version], correct[reference], resamples=args.resamples)
         print(f"v{reference} {names[reference]} vs v{version} {names[version]}: only v{reference} "
-              f"right {only_reference}, only v{version} right {only_other}, "
-              f"exact McNemar p = {p_value:.3f}")
+              f"right {result.only_old}, only v{version} right {result.only_new}, "
+              f"exact McNemar p = {result.p_value:.3f}")
 
 
 def parse_groups(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, list[str]]:
@@ -118,26 +116,17 @@ def compare_groups(groups: dict[str, list[str]], correct: dict, names: dict[str,
     """Print each group's mean accuracy and the mean differences with subject-bootstrap intervals."""
     import numpy as np
 
-    # Per face, the share of a group's runs that got it right; its mean is the group's mean
-    # accuracy over its runs.
-    share = {}
     for group, members in groups.items():
-        share[group] = np.mean([correct[v] for v in members], axis=0)
         runs = ", ".join(f"v{v} {names[v]} {correct[v].mean() * 100:.2f}" for v in members)
-        print(f"{group}: mean {share[group].mean() * 100:.2f} % over {len(members)} runs ({runs})")
-    people, person_of_face = np.unique(subjects, return_inverse=True)
-    faces_per_person = np.bincount(person_of_face)
-    rng = np.random.default_rng(0)
-    # Resample whole subjects with replacement; each resample takes all faces of the drawn ones.
-    draws = rng.integers(0, len(people), size=(resamples, len(people)))
+        mean = np.mean([correct[v].mean() for v in members]) * 100
+        print(f"{group}: mean {mean:.2f} % over {len(members)} runs ({runs})")
     reference = next(iter(groups))
     for group in list(groups)[1:]:
-        difference = share[group] - share[reference]
-        per_person = np.bincount(person_of_face, weights=difference)
-        boot = per_person[draws].sum(axis=1) / faces_per_person[draws].sum(axis=1) * 100
-        low, high = np.percentile(boot, [2.5, 97.5])
-        print(f"{group} - {reference}: {difference.mean() * 100:+.2f} points, 95 % interval "
-              f"[{low:+.2f}, {high:+.2f}] (bootstrap over {len(people)} subjects, "
+        difference, low, high = group_difference([correct[v] for v in groups[group]],
+                                                 [correct[v] for v in groups[reference]], subjects,
+                                                 resamples=resamples)
+        print(f"{group} - {reference}: {difference:+.2f} points, 95 % interval "
+              f"[{low:+.2f}, {high:+.2f}] (bootstrap over {len(np.unique(subjects))} subjects, "
               f"{resamples} resamples)")
 
 

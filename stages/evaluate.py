@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
 from ferops.config import BaseConfig
-from ferops.evaluation import (
-    EvaluateConfig,
-    evaluate_dataset,
-    evaluation_sets,
-    group_index,
-    headline_metrics,
-    per_class_metrics,
-    write_evaluation,
-)
+from ferops.evaluation import EvaluateConfig, evaluate_dataset, evaluation_sets
+from ferops.evaluation_reports import headline_metrics, per_class_metrics, write_evaluation
+from ferops.evaluation_reports import write_per_image_results as write_per_image
 from ferops.inference import load_keras_model
 from ferops.io import atomic_directory, load_arrays, write_json
+from ferops.metrics import group_index
 from ferops.prepare import PrepareConfig
 from ferops.runtime import configure_logging, read_configs, run_stage
 from ferops.tracking import find_project_root, log_evaluation, read_receipt, receipt_store
@@ -67,9 +63,13 @@ def main(argv: list[str] | None = None) -> int:
                                                   (args.details, args.plots, args.figures, args.galleries))
             write_evaluation(outcomes, model, base.classes, config, base.seed, details=details, plots=plots,
                              figures=figures, galleries=galleries)
+            # Per-image results go to MLflow only (they hold the test sets' labels): the gate's
+            # paired comparison reads them from there.
+            per_image = write_per_image(stack.enter_context(tempfile.TemporaryDirectory()), outcomes)
             log_evaluation(uri, receipt["run_id"], {k: v for k, v in metrics.items() if k != "tta"},
                            per_class_metrics(outcomes),
-                           {"reports": details, "figures": figures, "galleries": galleries}, config.tta)
+                           {"reports": details, "figures": figures, "galleries": galleries,
+                            "per_image": per_image}, config.tta)
         write_json(args.metrics, metrics)
 
     return run_stage("evaluate", body)

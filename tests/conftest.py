@@ -98,10 +98,13 @@ def small_params(**train: object) -> dict:
     return params
 
 
-def brief_params(directory: Path, *, model: str = "mini_xception", **train: object) -> Path:
-    """A copy of params.yaml with the small training profile and ``model``."""
+def brief_params(directory: Path, *, model: str = "mini_xception", seed: int | None = None,
+                 **train: object) -> Path:
+    """A copy of params.yaml with the small training profile, ``model`` and (if given) ``base.seed``."""
     params = small_params(**train)
     params["model"]["arch"] = model
+    if seed is not None:
+        params["base"]["seed"] = seed
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -126,10 +129,10 @@ class TrainedRun:
 
 
 def train_briefly(work: Path, prepared: Path, tracking_uri: str, *, env: dict[str, str] | None = None,
-                  model: str = "mini_xception", **train: object) -> TrainedRun:
+                  model: str = "mini_xception", seed: int | None = None, **train: object) -> TrainedRun:
     """Run the real train stage on a small profile; MLflow artifacts land in ``work``."""
     work.mkdir(parents=True, exist_ok=True)
-    params = brief_params(work, model=model, **train)
+    params = brief_params(work, model=model, seed=seed, **train)
     run = TrainedRun(work, params, tracking_uri, work / "model.keras", work / "mlflow_run.json",
                      work / "train.json")
     subprocess.run(

@@ -187,3 +187,42 @@ def test_dvc_repro_and_experiments(tmp_path, repo_root, datasets_dir):
     assert "0.0002" in {r.data.params["train.lr"] for r in mlflow_runs(project)}
     assert len(registry_versions(project)) == 3
     assert not list((project / ".dvc").rglob("mlflow.db")), "a second MLflow store was created"
+
+
+def _ferops_imports(path: Path) -> set[str]:
+    """The ferops modules a file imports (at the top or inside functions)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                 [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+        found.update(name.split(".")[1] for name in names if name.startswith("ferops."))
+    return found
+
+
+# Modules that hold no decision a stage's outputs depend on: exception classes, and the stage
+# runner (logging set-up, error reporting).
+INFRASTRUCTURE = {"errors", "runtime"}
+
+
+@pytest.mark.parametrize("stage", ["download", "validate", "prepare", "oversample", "train", "evaluate",
+                                   "register"])
+def test_each_stage_declares_every_library_module_it_uses(repo_root, stage):
+    # A module missing from deps means a change to it would not rerun the stage.
+    library = repo_root / "src" / "ferops"
+    used, pending = set(), sorted(_ferops_imports(repo_root / "stages" / f"{stage}.py"))
+    while pending:
+        module = pending.pop()
+        if module in used:
+            continue
+        used.add(module)
+        files = [library / f"{module}.py"] if (library / f"{module}.py").exists() else \
+            sorted((library / module).glob("*.py"))
+        for file in files:
+            pending.extend(_ferops_imports(file))
+    declared = set(yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"][stage]["deps"])
+    needed = {f"src/ferops/{m}.py" if (library / f"{m}.py").exists() else f"src/ferops/{m}"
+              for m in used - INFRASTRUCTURE}
+    assert needed <= declared, f"{stage}: dvc.yaml deps lack {sorted(needed - declared)}"
+    assert f"stages/{stage}.py" in declared

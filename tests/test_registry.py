@@ -15,6 +15,7 @@ from ferops.cli import main as ferops
 from ferops.config import build
 from ferops.errors import ParamsError
 from ferops.io import load_arrays
+from ferops.paired import PairedDifference
 from ferops.registry import Gate, decide
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -52,12 +53,42 @@ def test_gate_rules_each_refuse_with_their_reason():
     assert sum("FAIL" in row[4] for row in both.rows) == 2
 
 
+def paired(low: float, high: float, units: str = "subjects") -> PairedDifference:
+    return PairedDifference((low + high) / 2, low, high, 0.95, 213, units, 10, 5, 9, 0.4)
+
+
+def test_gate_decides_on_the_paired_interval_where_it_has_one():
+    gate = Gate(max_accuracy_drop=0.0, max_class_recall_drop=5.0, max_cross_dataset_drop=3.0)
+    champion = tags(0.60, jaffe=0.55)
+    candidate = tags(0.61, jaffe=0.5146)  # JAFFE 3.54 points lower: refused on single figures
+    assert not decide(candidate, champion, gate, CLASSES).passed
+    # On JAFFE's 10 people the drop is within the noise: the interval reaches above -3 points.
+    noisy = decide(candidate, champion, gate, CLASSES, {"jaffe.accuracy": paired(-8.1, +1.2)})
+    assert noisy.passed, noisy.summary
+    row = next(row for row in noisy.rows if row[0] == "jaffe.accuracy")
+    assert row[3] == "-3.54" and row[4].endswith("ok") and row[5] == "[-8.10, +1.20] (subjects)"
+    assert next(row for row in noisy.rows if row[0] == "ckplus.accuracy")[5] == "single runs"
+    # A drop beyond the interval is refused, and the reason gives the interval.
+    real = decide(candidate, champion, gate, CLASSES, {"jaffe.accuracy": paired(-6.0, -3.2)})
+    assert not real.passed
+    assert "JAFFE accuracy 51.46 % vs 55.00 % (-3.54 points, 95 % interval [-6.00, -3.20] over 10 " \
+           "subjects, allowed drop 3.00)" in real.summary
+    # The headline too: a lower PrivateTest figure within its interval passes.
+    lower = tags(0.595, jaffe=0.55)
+    assert not decide(lower, champion, gate, CLASSES).passed
+    within = {"private_test.accuracy": paired(-1.7, +0.7, "images")}
+    assert decide(lower, champion, gate, CLASSES, within).passed
+
+
 def test_gate_params_are_checked():
     assert build(Gate, {"min_accuracy": 55}, "promote").min_accuracy == 55.0
-    with pytest.raises(ParamsError, match="promote.min_acc: unknown key; known keys here: max_accuracy_drop"):
+    with pytest.raises(ParamsError,
+                       match="promote.min_acc: unknown key; known keys here: confidence, max_accuracy_drop"):
         build(Gate, {"min_acc": 55}, "promote")
     with pytest.raises(ParamsError, match="promote.max_class_recall_drop: Input should be greater than or"):
         build(Gate, {"max_class_recall_drop": -1}, "promote")
+    with pytest.raises(ParamsError, match="promote.confidence: Input should be less than 1"):
+        build(Gate, {"confidence": 95}, "promote")
 
 
 # --- end to end with the real stages and a real SQLite registry ------------------------------------------
@@ -210,6 +241,45 @@ def test_register_and_promote_with_real_models(trained_run, evaluated_run, prepa
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
     expected = keras.saving.load_model(worse.model, compile=False).predict(faces, verbose=0)
     assert np.allclose(probabilities, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_gate_refuses_a_real_regression_but_not_another_seed_of_the_champions_recipe(
+        prepared_dir, tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def trained(name: str, **settings) -> TrainedRun:
+        run = train_briefly(tmp_path / name, prepared_dir, store, lr=0.01, **settings)
+        params = yaml.safe_load(run.params.read_text())
+        # The default gate, but for the first champion's minimum (brief models score ~40 %).
+        params["promote"]["min_accuracy"] = 5.0
+        params["evaluate"].update({"tta": "none", "gradcam_per_class": 1, "mistakes_per_class": 1})
+        run.params.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert run_evaluate(run, prepared_dir, tmp_path / f"{name}_eval") == 0
+        register_stage(run, tmp_path / f"{name}_eval", tmp_path / f"{name}_registry.json")
+        return run
+
+    recipe = {"epochs": 3, "max_train_images": 4000}
+    champion = trained("champion", seed=1, **recipe)
+    assert promote(champion) == 0 and "first champion" in capsys.readouterr().out
+    # Another seed of the same recipe: its figures differ, but within the noise of the test sets.
+    reseeded = trained("reseeded", seed=2, **recipe)
+    assert promote(reseeded, "--dry-run") == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "DRY RUN" in out and "would promote" in out
+    for key in ("private_test.accuracy", "jaffe.accuracy", "ckplus.accuracy"):
+        row = next(line for line in out.splitlines() if line.startswith(f"| {key} "))
+        assert "(subjects)" in row or "(images)" in row, row  # decided on the paired interval
+    # A real regression: one epoch on a quarter of the images.
+    regression = trained("regression", seed=1, epochs=1, max_train_images=1000)
+    assert promote(regression) == EXIT_REFUSED
+    out = capsys.readouterr().out
+    assert "REFUSED" in out and "PrivateTest accuracy" in out and "95 % interval" in out
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    name = yaml.safe_load(champion.params.read_text())["registry"]["name"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
 
 
 @pytest.mark.slow

@@ -14,10 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from pydantic import Field
 
 from ferops.config import Section
 from ferops.errors import FeropsError, ParamsError
+from ferops.paired import PER_IMAGE_ARTIFACT, PairedDifference, paired_difference
 
 logger = logging.getLogger(__name__)
 
@@ -127,12 +129,25 @@ class RegistryConfig(Section):
 
 
 class Gate(Section):
-    """Promotion thresholds in percentage points: the ``promote`` params section."""
+    """Promotion thresholds in percentage points: the ``promote`` params section.
+
+    Attributes:
+        min_accuracy: The first champion's minimum PrivateTest accuracy.
+        max_accuracy_drop: How far PrivateTest accuracy may drop.
+        max_class_recall_drop: How far any class's PrivateTest recall may drop.
+        max_cross_dataset_drop: How far CK+ and JAFFE accuracy may drop.
+        confidence: Coverage of the paired difference's interval: a drop counts only when the
+            whole interval lies beyond the allowed drop.
+        resamples: Bootstrap resamples of the interval (people for CK+ and JAFFE, images for
+            PrivateTest).
+    """
 
     min_accuracy: float = Field(50.0, ge=0, le=100)
     max_accuracy_drop: float = Field(0.0, ge=0, le=100)
     max_class_recall_drop: float = Field(5.0, ge=0, le=100)
     max_cross_dataset_drop: float = Field(3.0, ge=0, le=100)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    resamples: int = Field(10_000, ge=100, le=1_000_000)
 
 
 @dataclass
@@ -141,7 +156,7 @@ class Decision:
 
     passed: bool
     reasons: list[str]
-    rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    rows: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
 
     @property
     def summary(self) -> str:
@@ -160,30 +175,39 @@ def _percent(value: float | None) -> str:
 
 
 def decide(candidate: Mapping[str, str], champion: Mapping[str, str] | None, gate: Gate,
-           classes: Sequence[str]) -> Decision:
-    """Apply the promotion gate to two versions' metric tags.
+           classes: Sequence[str], paired: Mapping[str, PairedDifference] | None = None) -> Decision:
+    """Apply the promotion gate to two versions' metric tags and, where known, their paired results.
 
     Rules: with no champion, the candidate needs ``min_accuracy`` on PrivateTest. Otherwise its
     PrivateTest accuracy may not be lower by more than ``max_accuracy_drop`` points, no class's
     PrivateTest recall may be lower by more than ``max_class_recall_drop`` points, and CK+ and
-    JAFFE accuracy may not be lower by more than ``max_cross_dataset_drop`` points.
+    JAFFE accuracy may not be lower by more than ``max_cross_dataset_drop`` points. Where both
+    versions' per-image results are known (``paired``), a rule compares the paired difference
+    and refuses only when the whole interval lies below the allowed drop: a drop that the test
+    set's noise can explain (JAFFE's 213 faces of 10 people: about +-3.5 points) does not refuse.
+    Without them (versions evaluated before per-image results were logged) the two single-run
+    figures are compared as they are.
 
     Args:
         candidate: Tags of the candidate version.
         champion: Tags of the current champion, or None when there is none.
         gate: Thresholds.
         classes: Class names (for the per-class recall rows).
+        paired: Metric key (``private_test.accuracy``, ``jaffe.accuracy``, ...) to the paired
+            difference candidate - champion on the same images.
 
     Returns:
-        The decision with reasons and (metric, candidate, champion, change, rule) rows in percent.
+        The decision with reasons and (metric, candidate, champion, change, rule, interval) rows
+        in percent.
     """
+    paired = paired or {}
     accuracy = _metric(candidate, HEADLINE, "the candidate")
     if champion is None:
         passed = 100 * accuracy >= gate.min_accuracy
         reason = (f"first champion: PrivateTest accuracy {100 * accuracy:.2f} % "
                   f"{'>=' if passed else '<'} the minimum {gate.min_accuracy:.2f} %")
         return Decision(passed, [reason], [(HEADLINE, _percent(accuracy), "-", "-",
-                                            f">= {gate.min_accuracy:.2f}")])
+                                            f">= {gate.min_accuracy:.2f}", "-")])
     failures, rows = [], []
 
     def check(key: str, allowed_drop: float, label: str, required: bool = True) -> None:
@@ -192,11 +216,19 @@ def decide(candidate: Mapping[str, str], champion: Mapping[str, str] | None, gat
         new = _metric(candidate, key, "the candidate")
         old = _metric(champion, key, "the champion")
         change = 100 * (new - old)
-        ok = change >= -allowed_drop - 1e-9
+        comparison = paired.get(key)
+        if comparison is None:
+            ok = change >= -allowed_drop - 1e-9
+            interval = "single runs"
+        else:
+            ok = not comparison.worse_beyond(allowed_drop)
+            interval = f"{comparison.interval} ({comparison.units})"
         rows.append((key, _percent(new), _percent(old), f"{change:+.2f}",
-                     f"drop <= {allowed_drop:.2f} {'ok' if ok else 'FAIL'}"))
+                     f"drop <= {allowed_drop:.2f} {'ok' if ok else 'FAIL'}", interval))
         if not ok:
-            failures.append(f"{label} {100 * new:.2f} % vs {100 * old:.2f} % ({change:+.2f} points, "
+            beyond = (f", {100 * comparison.confidence:.0f} % interval {comparison.interval} over "
+                      f"{comparison.n_units} {comparison.units}" if comparison else "")
+            failures.append(f"{label} {100 * new:.2f} % vs {100 * old:.2f} % ({change:+.2f} points{beyond}, "
                             f"allowed drop {allowed_drop:.2f})")
 
     check(HEADLINE, gate.max_accuracy_drop, "PrivateTest accuracy")
@@ -207,14 +239,77 @@ def decide(candidate: Mapping[str, str], champion: Mapping[str, str] | None, gat
     if failures:
         return Decision(False, failures, rows)
     change = 100 * (accuracy - _metric(champion, HEADLINE, "the champion"))
-    return Decision(True, [f"every rule holds (PrivateTest accuracy {change:+.2f} points)"], rows)
+    headline = paired.get(HEADLINE)
+    interval = f", interval {headline.interval}" if headline else ""
+    return Decision(True, [f"every rule holds (PrivateTest accuracy {change:+.2f} points{interval})"], rows)
+
+
+# Test sets of the per-image results, and the gate metric each one decides.
+PAIRED_SETS = {"private_test": HEADLINE, "ckplus": "ckplus.accuracy", "jaffe": "jaffe.accuracy"}
+
+
+def paired_results(candidate: Mapping[str, np.ndarray] | None, champion: Mapping[str, np.ndarray] | None,
+                   classes: Sequence[str], gate: Gate) -> dict[str, PairedDifference]:
+    """Paired differences (candidate - champion) for every gate metric both versions can be paired on.
+
+    A set is paired only when both versions were scored on the same images in the same order
+    (equal fingerprints); CK+ and JAFFE are bootstrapped over their people, PrivateTest over
+    images; per-class recall compares the images of that class.
+
+    Args:
+        candidate: The candidate's per-image results (:func:`load_per_image`), or None.
+        champion: The champion's, or None.
+        classes: Class names (index = label).
+        gate: For the interval's confidence and resamples.
+    """
+    if candidate is None or champion is None:
+        return {}
+    found: dict[str, PairedDifference] = {}
+    for name, key in PAIRED_SETS.items():
+        if f"{name}.correct" not in candidate or f"{name}.correct" not in champion:
+            continue
+        if str(candidate[f"{name}.fingerprint"]) != str(champion[f"{name}.fingerprint"]):
+            logger.warning("%s: the two versions were scored on different test images; comparing single "
+                           "figures", name)
+            continue
+        subjects = candidate.get(f"{name}.subject")
+        new, old = candidate[f"{name}.correct"], champion[f"{name}.correct"]
+        found[key] = paired_difference(new, old, subjects, resamples=gate.resamples,
+                                       confidence=gate.confidence)
+        if name == "private_test":
+            label = candidate[f"{name}.label"]
+            for index, klass in enumerate(classes):
+                rows = label == index
+                if rows.any():
+                    found[f"private_test.recall.{klass}"] = paired_difference(
+                        new[rows], old[rows], resamples=gate.resamples, confidence=gate.confidence)
+    return found
+
+
+def load_per_image(client: Any, run_id: str | None) -> dict[str, np.ndarray] | None:
+    """A run's per-image evaluation results (``evaluate/per_image``), or None if it has none."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = client.download_artifacts(run_id, PER_IMAGE_ARTIFACT, folder)
+            with np.load(path) as archive:
+                return {name: archive[name] for name in archive.files}
+    except (MlflowException, OSError) as error:
+        logger.info("run %s has no per-image results (%s): the gate compares single figures", run_id, error)
+        return None
 
 
 def format_table(decision: Decision, candidate: str, champion: str) -> str:
     """The side-by-side comparison as a text table."""
     from tabulate import tabulate
 
-    return tabulate(decision.rows, headers=["metric (%)", candidate, champion, "change", "rule"],
+    return tabulate(decision.rows, headers=["metric (%)", candidate, champion, "change", "rule",
+                                            "interval of the change"],
                     tablefmt="github", disable_numparse=True)
 
 
@@ -284,7 +379,9 @@ def promote(tracking_uri: str, name: str, gate: Gate, classes: Sequence[str], *,
     if champion is not None and str(champion.version) == str(candidate.version):
         decision = Decision(True, [f"version {candidate.version} is already the champion"])
         return PromotionResult(str(candidate.version), str(champion.version), decision, "unchanged", "")
-    decision = decide(candidate.tags, champion.tags if champion else None, gate, classes)
+    paired = paired_results(load_per_image(client, candidate.run_id),
+                            load_per_image(client, champion.run_id) if champion else None, classes, gate)
+    decision = decide(candidate.tags, champion.tags if champion else None, gate, classes, paired)
     table = format_table(decision, label, champion_label)
     if dry_run:
         return PromotionResult(str(candidate.version), champion_version, decision, "dry-run", table)
