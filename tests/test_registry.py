@@ -251,7 +251,9 @@ def test_the_gate_refuses_a_real_regression_but_not_another_seed_of_the_champion
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
     def trained(name: str, **settings) -> TrainedRun:
-        run = train_briefly(tmp_path / name, prepared_dir, store, lr=0.01, **settings)
+        # The default net: its BatchNorm statistics settle within a short run (momentum 0.9),
+        # where mini_xception's (0.99) leave a briefly trained model answering one class.
+        run = train_briefly(tmp_path / name, prepared_dir, store, model="resnet_s2d", lr=0.02, **settings)
         params = yaml.safe_load(run.params.read_text())
         # The default gate, but for the first champion's minimum (brief models score ~40 %).
         params["promote"]["min_accuracy"] = 5.0
@@ -261,7 +263,7 @@ def test_the_gate_refuses_a_real_regression_but_not_another_seed_of_the_champion
         register_stage(run, tmp_path / f"{name}_eval", tmp_path / f"{name}_registry.json")
         return run
 
-    recipe = {"epochs": 3, "max_train_images": 4000}
+    recipe = {"epochs": 4, "max_train_images": 6000}
     champion = trained("champion", seed=1, **recipe)
     assert promote(champion) == 0 and "first champion" in capsys.readouterr().out
     # Another seed of the same recipe: its figures differ, but within the noise of the test sets.
@@ -276,7 +278,7 @@ def test_the_gate_refuses_a_real_regression_but_not_another_seed_of_the_champion
     regression = trained("regression", seed=1, epochs=1, max_train_images=1000)
     assert promote(regression) == EXIT_REFUSED
     out = capsys.readouterr().out
-    assert "REFUSED" in out and "PrivateTest accuracy" in out and "95 % interval" in out
+    assert "REFUSED" in out and "PrivateTest accuracy" in out and "95 % interval" in out, out
     client = MlflowClient(tracking_uri=store, registry_uri=store)
     name = yaml.safe_load(champion.params.read_text())["registry"]["name"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
