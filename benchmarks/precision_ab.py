@@ -20,15 +20,13 @@ Run it alone on an idle machine, after ``dvc repro oversample``.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 from ferops.hardware import BF16_FLAGS, cpu_flags, cpu_model
 from ferops.input_pipeline import make_dataset
 from ferops.io import load_arrays
 from ferops.targets import targets_for
-from train_throughput import add_recipe_arguments, compiled, recipe  # sibling script
+from train_throughput import add_recipe_arguments, compiled, interleaved_rounds, recipe  # sibling script
 
 POLICIES = ("float32", "mixed_bfloat16")
 
@@ -57,20 +55,7 @@ def main() -> None:
     flags = sorted(set(BF16_FLAGS) & cpu_flags())
     print(f"CPU {cpu_model()!r}, bfloat16 flags {flags or 'none'}; net {arch}, batch {batch}, "
           f"backend {keras.backend.backend()}; {args.rounds} rounds of {args.steps} steps per side")
-    for model in sides.values():
-        model.fit(dataset, epochs=1, steps_per_epoch=args.warmup, verbose=0)
-    rates: dict[str, list[float]] = {name: [] for name in sides}
-    for round_ in range(1, args.rounds + 1):
-        line = []
-        for name, model in sides.items():
-            start = time.perf_counter()
-            model.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0)
-            rates[name].append(args.steps * batch / (time.perf_counter() - start))
-            line.append(f"{name} {rates[name][-1]:6.1f}")
-        print(f"round {round_}: " + ", ".join(line) + " images/s", flush=True)
-    medians = {name: statistics.median(values) for name, values in rates.items()}
-    for name, value in medians.items():
-        print(f"median {name}: {value:.1f} images/s")
+    medians = interleaved_rounds(sides, dataset, batch, args.warmup, args.steps, args.rounds)
     print(f"mixed_bfloat16 / float32: {medians['mixed_bfloat16'] / medians['float32']:.2f}x")
 
 

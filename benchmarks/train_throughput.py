@@ -93,6 +93,32 @@ def step_seconds(model, feed, warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def interleaved_rounds(sides: dict, dataset, batch: int, warmup: int, steps: int,
+                       rounds: int) -> dict[str, float]:
+    """Train each side ``steps`` steps in turn, ``rounds`` times; print each round; median images/s.
+
+    Alternating the sides makes both see the same machine: this VM's speed drifts by up to ~2x
+    over minutes, which makes two separate runs incomparable.
+    """
+    import statistics
+
+    for model in sides.values():
+        model.fit(dataset, epochs=1, steps_per_epoch=warmup, verbose=0)
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for round_ in range(1, rounds + 1):
+        line = []
+        for name, model in sides.items():
+            start = time.perf_counter()
+            model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+            rates[name].append(steps * batch / (time.perf_counter() - start))
+            line.append(f"{name} {rates[name][-1]:6.1f}")
+        print(f"round {round_}: " + ", ".join(line) + " images/s", flush=True)
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    for name, value in medians.items():
+        print(f"median {name}: {value:.1f} images/s")
+    return medians
+
+
 def add_recipe_arguments(parser: argparse.ArgumentParser, train: str, unit: str) -> None:
     """The arguments the training benchmarks share: params, Training split, steps, warm-up, arch."""
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -477,3 +478,18 @@ def webdav_remote(tmp_path_factory: pytest.TempPathFactory):
     with background(command, work / "server.log", cwd=work) as process:
         wait_until_up(f"http://127.0.0.1:{port}/", process, work / "server.log", timeout=60)
         yield WebDavRemote(f"webdav://127.0.0.1:{port}/dvcstore", work / "share", "dvc", password)
+
+
+# Debian's Chromium (.ci/run installs it), driven by Playwright from pip: no browser download.
+CHROMIUM = "/usr/bin/chromium"
+
+
+def launch_chromium(playwright):
+    """Headless Debian Chromium through Playwright, or a test failure that says how to get it."""
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} not found: apt-get install chromium (Debian's; see .ci/run)")
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True,
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+

@@ -7,7 +7,6 @@ import http.server
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import launch_chromium
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _modules() -> list[str]:
@@ -104,14 +104,8 @@ def heading(page) -> str:
 def test_the_site_in_headless_chromium(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} not found: apt-get install chromium (Debian's; see .ci/run)")
-
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             # Only the site itself, as offline: nothing from a CDN (web fonts) is needed.

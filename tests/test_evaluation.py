@@ -15,9 +15,7 @@ from ferops.evaluation import (
     evaluate_dataset,
     evaluation_sets,
 )
-from ferops.metrics import (
-    group_index,
-)
+from ferops.metrics import group_index
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 

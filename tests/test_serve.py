@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import threading
@@ -15,13 +14,12 @@ import numpy as np
 import pytest
 import uvicorn
 
-from conftest import jaffe_paths, multi_face_canvas
+from conftest import jaffe_paths, launch_chromium, multi_face_canvas
 from ferops.cli import _predictor, build_parser
 from ferops.media import DEFAULT_MAX_PIXELS
 from ferops.serve import create_app
 from test_predict import CLASSES, FEROPS, absurd_jpeg, header_only_png, huge_png
 
-CHROMIUM = "/usr/bin/chromium"
 MAX_UPLOAD = 1 << 20  # 1 MiB, so the oversize test stays small
 
 
@@ -190,16 +188,10 @@ def test_oversized_images_get_413_and_the_server_stays_healthy(ferops_serve, two
 def test_web_page_in_headless_chromium(server, two_faces, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} not found: apt-get install chromium (Debian's; see .ci/run)")
-
     path, tiles = two_faces
     expected = httpx.post(f"{server}/predict", files={"file": (path.name, path.read_bytes())}).json()["faces"]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             page.goto(server + "/")
