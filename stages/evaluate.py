@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_keras_model(Path(args.model))
         splits = {name: load_arrays(Path(args.prepared) / f"{name}.npz") for name in SPLITS}
         datasets = evaluation_sets(**splits, n_classes=len(base.classes),
-                                   ferplus=configs["prepare"].labels == "ferplus")
+                                   ferplus=configs["prepare"].labels == "ferplus", classes=base.classes)
         outcomes = {dataset.name: evaluate_dataset(model, dataset, base.classes, groups, tta=config.tta,
                                                    batch_size=config.batch_size, bins=config.calibration_bins)
                     for dataset in datasets}

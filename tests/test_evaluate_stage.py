@@ -51,6 +51,18 @@ def test_metrics_figures_and_plot_data_for_every_dataset(evaluated_run, prepared
         assert (evaluated_run / "figures" / f"confusion_{name}.png").stat().st_size > 5000
         assert (evaluated_run / "galleries" / f"mistakes_{name}.png").stat().st_size > 5000
     assert metrics["private_test_clean"]["n"] < metrics["private_test"]["n"]
+    # The FER+ benchmark: 3,153 PrivateTest images keep a protocol label; eight classes, and a
+    # 7-class model never answers contempt (its column is empty, its 16 faces count as wrong).
+    ferplus_test = metrics["ferplus_test"]
+    assert ferplus_test["n"] == 3153 and 0 < ferplus_test["accuracy"] < 1
+    assert 0 < ferplus_test["tta_flip"]["accuracy"] < 1
+    detail = json.loads((evaluated_run / "evaluate" / "ferplus_test.json").read_text())
+    matrix = np.asarray(detail["confusion"])
+    assert matrix.shape == (8, 8) and matrix[:, 7].sum() == 0 and matrix[7].sum() == 16
+    assert np.trace(matrix) / 3153 == pytest.approx(ferplus_test["accuracy"])
+    assert sorted(detail["plain"]["per_class"]) == sorted(["neutral", "happiness", "surprise", "sadness",
+                                                           "anger", "disgust", "fear", "contempt"])
+    assert "count as wrong" in detail["description"] and "ferplus_test" in metrics["labels"]
     # CK+ is scored over its six classes only: neutral is never predicted there.
     ckplus_detail = json.loads((evaluated_run / "evaluate" / "ckplus.json").read_text())
     assert np.asarray(ckplus_detail["confusion"])[:, 6].sum() == 0

@@ -83,3 +83,27 @@ def test_evaluate_params_are_checked():
     with pytest.raises(ParamsError, match="evaluate.batchsize: unknown key"):
         build(EvaluateConfig, {"batchsize": 3}, "evaluate")
     assert build(EvaluateConfig, {}, "evaluate").groups["neutral"] == ("neutral",)
+
+
+def test_ferplus_benchmark_set_moves_a_7_class_model_into_ferplus_classes_and_counts_contempt_wrong():
+    from ferops.evaluation import ferplus_test_set
+    from ferops.ferplus import VOTE_COLUMNS
+
+    def votes(**counts):
+        return [counts.get(name, 0) for name in VOTE_COLUMNS]
+
+    private = {"images": np.zeros((3, 48, 48), np.uint8),
+               "votes": np.array([votes(contempt=7, anger=3), votes(happiness=8, neutral=2), votes(NF=10)],
+                                 np.uint8)}
+    dataset = ferplus_test_set(private, CLASSES)
+    assert dataset.classes[7] == "contempt" and dataset.label.tolist() == [7, 1]  # the NF row is left out
+    assert "no contempt output" in dataset.description
+    # The model answers angry for the contempt face and happy for the happy one.
+    scores = np.array([[0.8, 0, 0, 0.1, 0, 0, 0.1], [0.1, 0, 0, 0.8, 0, 0, 0.1]])
+    groups = group_index(CLASSES, DEFAULT_GROUPS)
+    outcome = evaluate_dataset(FixedScores(scores, scores), dataset, CLASSES, groups)
+    assert outcome.summary["n"] == 2 and outcome.summary["accuracy"] == pytest.approx(0.5)
+    matrix = np.asarray(outcome.detail["confusion"])
+    assert matrix.shape == (8, 8) and matrix[7, 4] == 1 and matrix[1, 1] == 1  # contempt > anger
+    assert outcome.detail["plain"]["per_class"]["contempt"]["recall"] == 0.0
+    assert outcome.summary["group3_accuracy"] == pytest.approx(0.5)  # contempt has no group to share

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from ferops import ferplus
 from ferops.cleaning import QUALITY_RULES, flagged_by_quality_rules
 from ferops.config import Section
 from ferops.errors import DataError
@@ -72,6 +73,9 @@ class EvaluationSet:
         description: What the set is, for reports.
         subject: The person in each image, where the set records it (CK+, JAFFE): paired
             comparisons bootstrap over people there (:mod:`ferops.paired`).
+        classes: The set's own class names when they are not the model's (FER+'s eight), with
+            ``output_map``; ``label`` and ``allowed`` then index these.
+        output_map: For each model output, the index of its class among ``classes``.
     """
 
     name: str
@@ -81,6 +85,24 @@ class EvaluationSet:
     mask_predictions: bool = False
     description: str = ""
     subject: np.ndarray | None = None
+    classes: tuple[str, ...] | None = None
+    output_map: np.ndarray | None = None
+
+    def in_set_classes(self, probabilities: np.ndarray) -> np.ndarray:
+        """The model's probabilities moved into the set's classes (a class it lacks gets 0)."""
+        if self.output_map is None:
+            return probabilities
+        moved = np.zeros((len(probabilities), len(self.classes)), dtype=probabilities.dtype)
+        moved[:, self.output_map] = probabilities
+        return moved
+
+    def set_groups(self, groups: np.ndarray) -> np.ndarray:
+        """The 3-group mapping in the set's classes: a class the model lacks is a group of its own."""
+        if self.output_map is None:
+            return groups
+        moved = np.full(len(self.classes), -1, dtype=np.asarray(groups).dtype)
+        moved[self.output_map] = groups
+        return moved
 
 
 def dataset_metrics(probabilities: np.ndarray, dataset: EvaluationSet, classes: Sequence[str],
@@ -146,7 +168,9 @@ def evaluate_dataset(model: Any, dataset: EvaluationSet, classes: Sequence[str],
         bins: Calibration bins.
     """
     logger.info("evaluating %s: %s images", dataset.name, f"{len(dataset.label):,}")
-    raw = predict_probabilities(model, dataset.images, batch_size=batch_size)
+    model_raw = predict_probabilities(model, dataset.images, batch_size=batch_size)
+    raw = dataset.in_set_classes(model_raw)
+    classes, groups = dataset.classes or classes, dataset.set_groups(groups)
     # The metrics get the raw probabilities: restricted ones would make the "unmasked" argmax
     # the masked one (CK+'s accuracy_unmasked would always equal its accuracy).
     report = dataset_metrics(raw, dataset, classes, groups)
@@ -160,7 +184,8 @@ def evaluate_dataset(model: Any, dataset: EvaluationSet, classes: Sequence[str],
     detail = {"description": dataset.description, "plain": report, "calibration": calibrated,
               "confusion": confusion(dataset.label, predicted, len(classes)).tolist()}
     if tta != "none":
-        augmented = predict_probabilities(model, dataset.images, tta=tta, batch_size=batch_size, plain=raw)
+        augmented = dataset.in_set_classes(predict_probabilities(model, dataset.images, tta=tta,
+                                                                 batch_size=batch_size, plain=model_raw))
         tta_report = dataset_metrics(augmented, dataset, classes, groups)
         summary[f"tta_{tta}"] = {key: tta_report[key] for key in ("accuracy", "macro_f1", "group3_accuracy")}
         detail[f"tta_{tta}"] = tta_report
@@ -180,7 +205,8 @@ def _flagged(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def evaluation_sets(public_test: Mapping[str, np.ndarray], private_test: Mapping[str, np.ndarray],
                     ckplus: Mapping[str, np.ndarray], jaffe: Mapping[str, np.ndarray],
-                    n_classes: int, ferplus: bool) -> list[EvaluationSet]:
+                    n_classes: int, ferplus: bool, classes: Sequence[str] | None = None
+                    ) -> list[EvaluationSet]:
     """The test sets the evaluate stage reports, built from the prepared arrays.
 
     FER2013 figures use the original labels (``label_fer2013``) whatever the training labels;
@@ -195,6 +221,7 @@ def evaluation_sets(public_test: Mapping[str, np.ndarray], private_test: Mapping
         jaffe: Arrays of ``jaffe.npz``.
         n_classes: Number of model classes.
         ferplus: Also report the FER+ labels.
+        classes: The model's class names (default: FER2013's seven), for the FER+ benchmark set.
 
     Returns:
         The sets, PrivateTest (the headline) first.
@@ -226,7 +253,35 @@ def evaluation_sets(public_test: Mapping[str, np.ndarray], private_test: Mapping
     sets.append(EvaluationSet("jaffe", jaffe["images"], jaffe["label"], every,
                               description="JAFFE zero-shot, faces detected and cropped by prepare",
                               subject=jaffe.get("subject")))
+    if "votes" in private_test:
+        sets.append(ferplus_test_set(private_test, classes or FER2013_CLASSES[:n_classes]))
     for dataset in sets:
         if len(dataset.label) == 0:
             raise DataError(f"evaluation set {dataset.name} is empty")
     return sets
+
+
+# The seven FER2013 classes in label order (``base.classes`` by default).
+FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+FERPLUS_TEST = "ferplus_test"
+
+
+def ferplus_test_set(private_test: Mapping[str, np.ndarray], classes: Sequence[str]) -> EvaluationSet:
+    """The FER+ benchmark's test set: PrivateTest under the FER+ protocol, eight classes.
+
+    Labels by :func:`ferplus.protocol_labels` from the split's ``votes`` (3,153 of 3,589 images
+    keep one), scored by argmax over the eight FER+ classes. A model without a contempt output
+    cannot answer contempt: those images count as wrong, as the published protocol has it.
+    """
+    label = ferplus.protocol_labels(private_test["votes"])
+    rows = label >= 0
+    mapping = ferplus.output_map(tuple(classes))
+    lacking = [name for index, name in enumerate(ferplus.FERPLUS_CLASSES) if index not in mapping]
+    note = (f"; the model has no {', '.join(lacking)} output: those images count as wrong" if lacking else "")
+    return EvaluationSet(FERPLUS_TEST, private_test["images"][rows], label[rows],
+                         tuple(range(len(ferplus.FERPLUS_CLASSES))),
+                         description="FER+ benchmark: PrivateTest, FER+ protocol labels (single votes "
+                                     "dropped, > 50 % of the rest; unknown, not-a-face and no-majority "
+                                     f"images left out), argmax over FER+'s 8 classes{note}",
+                         classes=tuple(ferplus.FERPLUS_CLASSES), output_map=mapping)
+

@@ -36,7 +36,9 @@ GRAD_CAM_SETS = ("private_test", "jaffe")
 def headline_metrics(outcomes: Mapping[str, DatasetEvaluation], tta: str) -> dict[str, Any]:
     """``reports/metrics.json``: each dataset's summary, and which labels and TTA they use."""
     metrics: dict[str, Any] = {
-        "labels": "original FER2013 labels, except *_ferplus (FER+ majority labels)",
+        "labels": "original FER2013 labels, except *_ferplus (FER+ majority labels, 7 classes) and "
+                  "ferplus_test (the FER+ benchmark: its protocol's labels, 8 classes; a 7-class model "
+                  "counts its contempt faces as wrong)",
         "tta": tta,
     }
     for name, outcome in outcomes.items():
@@ -119,15 +121,16 @@ def write_evaluation(outcomes: Mapping[str, DatasetEvaluation], model: Any, clas
     from ferops.figures import confusion_matrix_figure, reliability_figure
 
     for name, outcome in outcomes.items():
+        names = outcome.dataset.classes or classes  # FER+'s eight for its benchmark set
         write_json(details / f"{name}.json", outcome.detail)
         if not name.startswith(NO_LABEL_FILES):
             write_confusion_csv(plots / f"confusion_{name}.csv", outcome.dataset.label, outcome.predicted,
-                                classes)
+                                names)
         confusion_matrix_figure(
-            np.asarray(outcome.detail["confusion"]), classes, figures / f"confusion_{name}.png",
+            np.asarray(outcome.detail["confusion"]), names, figures / f"confusion_{name}.png",
             title=f"{name}: accuracy {outcome.summary['accuracy']:.4f} "
                   f"(n={outcome.summary['n']:,}; rows sum to 1)")
-        mistakes_sheet(outcome, classes, config.mistakes_per_class, galleries / f"mistakes_{name}.png")
+        mistakes_sheet(outcome, names, config.mistakes_per_class, galleries / f"mistakes_{name}.png")
     reliability_figure({name: outcome.detail["calibration"] for name, outcome in outcomes.items()},
                        figures / "reliability.png", title="Reliability (plain predictions)")
     for name in GRAD_CAM_SETS:

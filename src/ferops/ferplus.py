@@ -144,3 +144,42 @@ def relabel(votes: np.ndarray, drop_single_votes: bool = True, majority: float =
     total = soft.sum(axis=1, keepdims=True)
     soft = np.divide(soft, total, out=np.zeros_like(soft), where=total > 0)
     return label, status, soft
+
+
+# The FER+ benchmark's eight classes, in the order of its vote columns (microsoft/FERPlus).
+FERPLUS_CLASSES = VOTE_COLUMNS[:8]
+# A model's class name (this project's FER2013 names, or FER+'s own) -> its FER+ class.
+FERPLUS_NAME = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness",
+                "sad": "sadness", "surprise": "surprise", "neutral": "neutral", "contempt": "contempt",
+                **{name: name for name in FERPLUS_CLASSES}}
+
+
+def protocol_labels(votes: np.ndarray) -> np.ndarray:
+    """The FER+ benchmark's labels, exactly as microsoft/FERPlus defines them.
+
+    Its ``majority`` mode (``src/ferplus.py``): single votes are dropped as noise; the label is
+    the column with strictly more than half of the remaining votes; an image whose winner is
+    *unknown* or *not a face*, or that has no such majority, is left out. Eight classes remain
+    (:data:`FERPLUS_CLASSES`), contempt among them.
+
+    Args:
+        votes: Vote counts, shape (n, 10), columns as :data:`VOTE_COLUMNS`.
+
+    Returns:
+        int8 index into :data:`FERPLUS_CLASSES` per row, or -1 for a row the protocol leaves out.
+    """
+    winner = majority_winner(votes)
+    return np.where((winner >= 0) & (winner < len(FERPLUS_CLASSES)), winner, -1).astype(np.int8)
+
+
+def output_map(classes: tuple[str, ...] | list[str]) -> np.ndarray:
+    """For each of a model's classes, the index of its FER+ class (a 7-class model has no contempt).
+
+    Raises:
+        DataError: A class has no FER+ counterpart.
+    """
+    unknown = [name for name in classes if name not in FERPLUS_NAME]
+    if unknown:
+        raise DataError(f"base.classes: {unknown} have no FER+ class; known: {sorted(FERPLUS_NAME)}")
+    return np.asarray([FERPLUS_CLASSES.index(FERPLUS_NAME[name]) for name in classes], dtype=np.int64)
+

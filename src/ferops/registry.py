@@ -48,8 +48,9 @@ def version_tags(metrics: Mapping[str, Any], private_test_report: Mapping[str, A
     Returns:
         Tag name to string value.
     """
-    tags = {MODEL_URI_TAG: model_uri, "labels": "original FER2013 labels"}
-    for dataset in ("private_test", "private_test_clean", "public_test", "ckplus", "jaffe"):
+    tags = {MODEL_URI_TAG: model_uri,
+            "labels": "original FER2013 labels; ferplus_test: the FER+ benchmark's labels, 8 classes"}
+    for dataset in ("private_test", "private_test_clean", "public_test", "ckplus", "jaffe", "ferplus_test"):
         for measure in ("accuracy", "macro_f1"):
             value = metrics.get(dataset, {}).get(measure)
             if value is not None:
