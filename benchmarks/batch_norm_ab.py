@@ -19,30 +19,25 @@ Run it alone on an idle machine.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ferops.hardware import configure
-from ferops.input_pipeline import make_dataset
-from ferops.io import load_arrays
-from ferops.targets import targets_for
-from train_throughput import add_recipe_arguments, compiled, interleaved_rounds, recipe  # sibling script
+from train_throughput import (  # sibling script
+    ab_arguments,
+    compiled,
+    interleaved_rounds,
+    recipe,
+    repeating_feed,
+)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_recipe_arguments(parser, "data/oversampled/train.npz", "side and round")
-    parser.add_argument("--rounds", type=int, default=5, help="alternations of the two sides")
-    parser.set_defaults(steps=20)
-    args = parser.parse_args()
+    args = ab_arguments(__doc__.splitlines()[0])
 
     config, arch, seed = recipe(Path(args.params), args.arch)
     hardware = configure(config.mixed_precision, arch)
-    arrays = load_arrays(args.train)
-    images, targets = arrays["images"], targets_for(arrays, "hard", 7, "training data")
     batch = config.batch_size
-    steps_per_epoch = len(images) // batch
-    dataset = make_dataset(images, targets, batch, training=True, seed=seed).repeat()
+    dataset, steps_per_epoch = repeating_feed(args.train, batch, seed)
     sides = {
         "fused BatchNorm": compiled(config, arch, seed, config.augment, steps_per_epoch),
         "Keras BatchNorm": compiled(config, arch, seed, config.augment, steps_per_epoch,

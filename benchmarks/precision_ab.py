@@ -19,40 +19,35 @@ Run it alone on an idle machine, after ``dvc repro oversample``.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from ferops.hardware import BF16_FLAGS, cpu_flags, cpu_model
-from ferops.input_pipeline import make_dataset
-from ferops.io import load_arrays
-from ferops.targets import targets_for
-from train_throughput import add_recipe_arguments, compiled, interleaved_rounds, recipe  # sibling script
+from ferops.hardware import bf16_flags, cpu_flags, cpu_model
+from train_throughput import (  # sibling script
+    ab_arguments,
+    compiled,
+    interleaved_rounds,
+    recipe,
+    repeating_feed,
+)
 
 POLICIES = ("float32", "mixed_bfloat16")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_recipe_arguments(parser, "data/oversampled/train.npz", "side and round")
-    parser.add_argument("--rounds", type=int, default=5, help="alternations of the two sides")
-    parser.set_defaults(steps=20)
-    args = parser.parse_args()
+    args = ab_arguments(__doc__.splitlines()[0])
 
     import keras
 
     config, arch, seed = recipe(Path(args.params), args.arch)
-    arrays = load_arrays(args.train)
-    images, targets = arrays["images"], targets_for(arrays, "hard", 7, "training data")
     batch = config.batch_size
-    steps_per_epoch = len(images) // batch
-    dataset = make_dataset(images, targets, batch, training=True, seed=seed).repeat()
+    dataset, steps_per_epoch = repeating_feed(args.train, batch, seed)
     sides = {}
     for policy in POLICIES:
         # A layer takes the global policy in force when it is built: each side keeps its own.
         keras.mixed_precision.set_global_policy(policy)
         sides[policy] = compiled(config, arch, seed, config.augment, steps_per_epoch)
     keras.mixed_precision.set_global_policy("float32")
-    flags = sorted(set(BF16_FLAGS) & cpu_flags())
+    flags = list(bf16_flags(cpu_flags()))
     print(f"CPU {cpu_model()!r}, bfloat16 flags {flags or 'none'}; net {arch}, batch {batch}, "
           f"backend {keras.backend.backend()}; {args.rounds} rounds of {args.steps} steps per side")
     medians = interleaved_rounds(sides, dataset, batch, args.warmup, args.steps, args.rounds)

@@ -93,6 +93,23 @@ def step_seconds(model, feed, warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def ab_arguments(description: str) -> argparse.Namespace:
+    """The command line of the interleaved A/B benchmarks: the recipe's arguments plus ``--rounds``."""
+    parser = argparse.ArgumentParser(description=description)
+    add_recipe_arguments(parser, "data/oversampled/train.npz", "side and round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternations of the two sides")
+    parser.set_defaults(steps=20)
+    return parser.parse_args()
+
+
+def repeating_feed(train: str, batch_size: int, seed: int) -> tuple[object, int]:
+    """The train stage's tf.data input over a Training split, repeated; and its steps per epoch."""
+    arrays = load_arrays(train)
+    images, targets = arrays["images"], targets_for(arrays, "hard", 7, "training data")
+    dataset = make_dataset(images, targets, batch_size, training=True, seed=seed).repeat()
+    return dataset, len(images) // batch_size
+
+
 def interleaved_rounds(sides: dict, dataset, batch: int, warmup: int, steps: int,
                        rounds: int) -> dict[str, float]:
     """Train each side ``steps`` steps in turn, ``rounds`` times; print each round; median images/s.

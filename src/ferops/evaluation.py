@@ -19,6 +19,7 @@ from ferops import ferplus
 from ferops.cleaning import QUALITY_RULES, flagged_by_quality_rules
 from ferops.config import Section
 from ferops.errors import DataError
+from ferops.inference import FER2013_CLASSES
 from ferops.metrics import (
     calibration,
     classification_report,
@@ -261,8 +262,6 @@ def evaluation_sets(public_test: Mapping[str, np.ndarray], private_test: Mapping
     return sets
 
 
-# The seven FER2013 classes in label order (``base.classes`` by default).
-FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 FERPLUS_TEST = "ferplus_test"
 
 

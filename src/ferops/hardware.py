@@ -34,33 +34,30 @@ BF16_FLAGS = (AMX_BF16_FLAG, AVX512_BF16_FLAG)
 FLOAT32_WITHOUT_AMX = frozenset({"mini_xception"})
 
 
+def _cpuinfo_value(cpuinfo: Path, key: str) -> str | None:
+    """The value of ``key`` for the first CPU listed in ``cpuinfo`` (None if absent or unreadable)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == key:
+            return value.strip()
+    return None
+
+
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """The instruction-set flags of the first CPU listed in ``cpuinfo`` (empty if unreadable).
 
     Only Linux has ``/proc/cpuinfo``; elsewhere no flag is known and ``auto`` stays float32.
     """
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
+    return frozenset((_cpuinfo_value(cpuinfo, "flags") or "").split())
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The ``model name`` of the first CPU listed in ``cpuinfo`` (``unknown`` if unreadable)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return "unknown"
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
-    return "unknown"
+    return _cpuinfo_value(cpuinfo, "model name") or "unknown"
 
 
 def bf16_flags(flags: Collection[str]) -> tuple[str, ...]:
@@ -101,35 +98,33 @@ def select_precision(setting: str, gpus: Sequence[Any], flags: Collection[str] =
     Returns:
         A Keras dtype policy name.
     """
-    if setting not in PRECISIONS:
-        raise ParamsError(f"train.mixed_precision: {setting!r} is not one of {', '.join(PRECISIONS)}")
-    if setting != "auto":
-        return setting
-    if gpus:
-        return "mixed_bfloat16" if backend == "jax" else "mixed_float16"
-    found = bf16_flags(flags)
-    if backend != "tensorflow" or not found:
-        return "float32"
-    if AMX_BF16_FLAG not in found and arch in FLOAT32_WITHOUT_AMX:
-        return "float32"
-    return "mixed_bfloat16"
+    return _choose(setting, gpus, flags, backend, arch)[0]
 
 
 def precision_reason(setting: str, gpus: Sequence[Any], flags: Collection[str], backend: str,
                      arch: str | None = None) -> str:
     """Why :func:`select_precision` chose what it did, in words (for the run's report and tags)."""
+    return _choose(setting, gpus, flags, backend, arch)[1]
+
+
+def _choose(setting: str, gpus: Sequence[Any], flags: Collection[str], backend: str,
+            arch: str | None) -> tuple[str, str]:
+    """The policy of :func:`select_precision` and the reason for it, decided in one place."""
+    if setting not in PRECISIONS:
+        raise ParamsError(f"train.mixed_precision: {setting!r} is not one of {', '.join(PRECISIONS)}")
     if setting != "auto":
-        return f"train.mixed_precision: {setting}"
+        return setting, f"train.mixed_precision: {setting}"
     if gpus:
-        return f"auto: GPU under {backend}"
+        return ("mixed_bfloat16" if backend == "jax" else "mixed_float16"), f"auto: GPU under {backend}"
     if backend != "tensorflow":
-        return f"auto: CPU under {backend}"
+        return "float32", f"auto: CPU under {backend}"
     found = bf16_flags(flags)
     if not found:
-        return "auto: CPU without amx_bf16 or avx512_bf16"
+        return "float32", "auto: CPU without amx_bf16 or avx512_bf16"
     if AMX_BF16_FLAG not in found and arch in FLOAT32_WITHOUT_AMX:
-        return f"auto: CPU with {'+'.join(found)} but no amx_bf16; {arch} measured faster in float32"
-    return f"auto: CPU with {'+'.join(found)}"
+        return "float32", (f"auto: CPU with {'+'.join(found)} but no amx_bf16; {arch} measured faster "
+                           "in float32")
+    return "mixed_bfloat16", f"auto: CPU with {'+'.join(found)}"
 
 
 def select_strategy(gpus: Sequence[Any], backend: str = "tensorflow") -> str:
@@ -228,8 +223,7 @@ def configure(precision_setting: str = "auto", arch: str | None = None) -> Hardw
     backend = keras.backend.backend()
     gpus = visible_gpus(backend)
     flags = cpu_flags()
-    precision = select_precision(precision_setting, gpus, flags, backend, arch)
-    reason = precision_reason(precision_setting, gpus, flags, backend, arch)
+    precision, reason = _choose(precision_setting, gpus, flags, backend, arch)
     keras.mixed_precision.set_global_policy(precision)
     name = select_strategy(gpus, backend)
     strategy = None
