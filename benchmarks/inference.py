@@ -2,8 +2,9 @@
 
 1. Faces classified per second, in batches of 1, 16 and 64 (256 real CK+ faces), Keras
    (``model(x, training=False)``) vs ONNX Runtime (the model exported by ferops.export).
-2. Photo-to-result latency for a 640x480 JPEG with 1, 2 and 3 real JAFFE faces: decode + Haar
-   detection + crop + classification, per backend.
+2. Photo-to-result latency for a 640x480 JPEG with 1, 2 and 3 real JAFFE faces: decode + face
+   detection + crop + classification, per detector (Haar, YuNet) and backend; then per detector
+   over the real photos of ``benchmarks/detection_set`` (ONNX Runtime).
 3. Frames per second over a recorded 640x480 video (120 frames, one face moving), no annotation.
 
 Every figure is the median of --repeats runs after one warm-up. The CPU load is printed first:
@@ -73,6 +74,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
+    from ferops.detector_model import YUNET_FILE
     from ferops.export import export_onnx
     from ferops.faces import FaceDetector
     from ferops.inference import load_classifier
@@ -109,24 +111,47 @@ def main() -> int:
         for classifier in backends.values():
             classifier.batch_size = 64
 
-        detector = FaceDetector()
-        print("\n2. photo-to-result latency, 640x480 JPEG (decode + detect + classify), ms")
-        print(f"   {'faces':>5} {'found':>5} {'keras':>8} {'onnxruntime':>12} {'detect only':>12}")
-        for count in (1, 2, 3):
-            jpeg = cv2.imencode(".jpg", jaffe_canvas(args.raw, count))[1]
-            found = None
-            row = []
-            for classifier in backends.values():
-                predictor = Predictor(classifier, detector)
+        detectors = {"haar": FaceDetector("haar"), "yunet": FaceDetector(model=args.raw / YUNET_FILE)}
+        print("\n2. photo-to-result latency, 640x480 JPEG (decode + detect + crop + classify), ms")
+        print(f"   {'detector':>8} {'faces':>5} {'found':>5} {'keras':>8} {'onnxruntime':>12} "
+              f"{'detect only':>12}")
+        for name, detector in detectors.items():
+            for count in (1, 2, 3):
+                jpeg = cv2.imencode(".jpg", jaffe_canvas(args.raw, count))[1]
+                found = None
+                row = []
+                for classifier in backends.values():
+                    predictor = Predictor(classifier, detector)
 
-                def photo(p=predictor, data=jpeg):
+                    def photo(p=predictor, data=jpeg):
+                        return p.predict(cv2.imdecode(data, cv2.IMREAD_COLOR))
+
+                    found = len(photo())
+                    row.append(1000 * median_time(photo, args.repeats))
+                def decode_detect(d=detector, data=jpeg):
+                    return d.detect(cv2.imdecode(data, cv2.IMREAD_COLOR))
+
+                detect = 1000 * median_time(decode_detect, args.repeats)
+                print(f"   {name:>8} {count:>5} {found:>5} {row[0]:>8.1f} {row[1]:>12.1f} {detect:>12.1f}")
+        photos = sorted(p for p in (ROOT / "benchmarks/detection_set").iterdir()
+                        if p.suffix in (".jpg", ".png"))
+        print(f"\n   real photos: the {len(photos)} of benchmarks/detection_set (128x128 to 2333x1434, "
+              "0-25 faces), file to result with ONNX Runtime, ms per photo")
+        print(f"   {'detector':>8} {'median':>8} {'p95':>8} {'faces':>6}")
+        for name, detector in detectors.items():
+            predictor = Predictor(onnx_classifier, detector)
+            times, faces_found = [], 0
+            for path in photos:
+                data = np.fromfile(path, np.uint8)
+
+                def photo(p=predictor, data=data):
                     return p.predict(cv2.imdecode(data, cv2.IMREAD_COLOR))
 
-                found = len(photo())
-                row.append(1000 * median_time(photo, args.repeats))
-            decode_detect = lambda data=jpeg: detector.detect(cv2.imdecode(data, cv2.IMREAD_COLOR))  # noqa: E731
-            detect = 1000 * median_time(decode_detect, args.repeats)
-            print(f"   {count:>5} {found:>5} {row[0]:>8.1f} {row[1]:>12.1f} {detect:>12.1f}")
+                faces_found += len(photo())
+                times.append(1000 * median_time(photo, max(1, args.repeats // 2)))
+            median, p95 = np.percentile(times, [50, 95])
+            print(f"   {name:>8} {median:>8.1f} {p95:>8.1f} {faces_found:>6}")
+        detector = detectors["yunet"]
 
         video = Path(tmp) / "clip.mp4"
         frames = 120

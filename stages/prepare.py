@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ferops.config import BaseConfig
+from ferops.detector_model import YUNET_FILE
 from ferops.external import load_ckplus, load_jaffe
 from ferops.faces import FaceDetector
 from ferops.fer2013 import USAGES, read_fer2013
@@ -50,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         result.report["ckplus"] = {"images": int(len(ckplus["label"])),
                                    "subjects": int(len(np.unique(ckplus["subject"])))}
         crop = config.jaffe
-        jaffe, result.report["jaffe"] = load_jaffe(raw / "jaffe", FaceDetector(), margin=crop.margin,
-                                                   min_face_size=crop.min_face_size,
+        detector = FaceDetector(crop.detector, model=raw / YUNET_FILE if crop.detector == "yunet" else None)
+        jaffe, result.report["jaffe"] = load_jaffe(raw / "jaffe", detector, margin=crop.margin,
+                                                   min_face_size=crop.min_face_size, align=crop.align,
                                                    on_no_face=crop.on_no_face, size=base.image_size)
         with (atomic_directory(args.out) as out, atomic_directory(args.figures) as figures,
               atomic_directory(args.galleries) as galleries):

@@ -35,6 +35,31 @@ def datasets_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def detector_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user cache holding the YuNet model, so predict/serve find it as after a first online run.
+
+    CI has no network: without it, a default detector built outside a checkout's data/raw would
+    try to download the model. FEROPS_CACHE_DIR is inherited by every subprocess the tests start.
+    """
+    from ferops.detector_model import YUNET_FILE
+
+    cache = tmp_path_factory.mktemp("ferops_cache")
+    source = _datasets_dir() / YUNET_FILE
+    if source.is_file():
+        shutil.copyfile(source, cache / YUNET_FILE)
+    os.environ["FEROPS_CACHE_DIR"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def yunet_model(datasets_dir: Path) -> Path:
+    """The real YuNet face-detector model from the data mirror."""
+    from ferops.detector_model import YUNET_FILE
+
+    return datasets_dir / YUNET_FILE
+
+
 @pytest.fixture(scope="session")
 def raw_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
     """The real raw-data directory, produced once by the real download stage."""

@@ -10,10 +10,13 @@ import yaml
 from stages import download as download_stage
 
 from ferops.config import build
+from ferops.detector_model import YUNET_FILE, YUNET_SHA256
 from ferops.download import DownloadConfig, Location, mirror_locations
 from ferops.errors import ParamsError
+from ferops.io import file_digest
 
-DATASET_FILES = ["fer2013.csv.gz", "fer2013new.csv", "ckplus.zip", "jaffe.zip"]
+DATASET_FILES = ["fer2013.csv.gz", "fer2013new.csv", "ckplus.zip", "jaffe.zip",
+                 "face_detection_yunet_2023mar.onnx"]
 
 
 @pytest.fixture()
@@ -91,6 +94,8 @@ def test_download_from_directory_mirror(tmp_path, monkeypatch, datasets_dir, par
     assert len(list((out / "jaffe").glob("*.tiff"))) == 213
     assert (out / "ckplus" / "anger").is_dir()  # the zip's single top folder is dropped
     assert "fer2013.csv.gz" in report.read_text()
+    # The face detector of predict, serve and the JAFFE crops comes with the data, verified.
+    assert file_digest(out / YUNET_FILE) == YUNET_SHA256
 
 
 def test_download_from_http_mirror(tmp_path, monkeypatch, datasets_dir, params_file):

@@ -8,10 +8,15 @@ from PIL import Image
 from ferops.errors import FeropsError, ParamsError
 from ferops.faces import (
     DEFAULT_MARGIN,
+    EYE_DISTANCE,
+    EYE_ROW,
     Box,
+    Face,
     FaceDetector,
+    align_face,
     center_crop,
     crop_box,
+    crop_detected,
     crop_face,
     detect_and_crop,
     to_gray,
@@ -24,8 +29,29 @@ def _jaffe(raw_dir, name: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def detector() -> FaceDetector:
-    return FaceDetector()
+def haar() -> FaceDetector:
+    return FaceDetector("haar")
+
+
+@pytest.fixture(scope="module")
+def yunet(yunet_model) -> FaceDetector:
+    return FaceDetector(model=yunet_model)
+
+
+@pytest.fixture(scope="module", params=["yunet", "haar"])
+def detector(request, yunet_model) -> FaceDetector:
+    return FaceDetector(request.param, model=yunet_model if request.param == "yunet" else None)
+
+
+def _roll(face: Face) -> float:
+    (x1, y1), (x2, y2) = face.eyes()
+    return float(np.degrees(np.arctan2(y2 - y1, x2 - x1)))
+
+
+def _rotate(image: np.ndarray, degrees: float) -> np.ndarray:
+    height, width = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    return cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE)
 
 
 # --- pure geometry on synthetic arrays -------------------------------------------------------
@@ -113,18 +139,35 @@ def test_to_gray_handles_bgr_bgra_and_gray():
         to_gray(np.zeros((4, 4, 2), np.uint8))
 
 
-# --- the detector ----------------------------------------------------------------------------
+# --- the detectors, on real faces -----------------------------------------------------------
 
-def test_detects_a_real_face(raw_dir, detector):
+def test_haar_finds_a_real_face(raw_dir, haar):
     image = _jaffe(raw_dir, "KA.HA1.29.tiff")
-    boxes = detector.detect(image)
-    assert len(boxes) == 1
-    box = boxes[0]
+    faces = haar.detect_faces(image)
+    assert len(faces) == 1
+    box = faces[0].box
     assert 120 <= box.w <= 200 and box.w == box.h
     cx, cy = box.center
     assert 96 <= cx <= 160 and 96 <= cy <= 176  # the portrait's face is central
+    assert faces[0].score is None and faces[0].landmarks is None  # the cascade has neither
     # Colour input (as from cv2.imread / a webcam) gives the same box.
-    assert detector.detect(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)) == boxes
+    assert haar.detect(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)) == [box]
+
+
+def test_yunet_finds_a_real_face_with_its_landmarks(raw_dir, yunet):
+    image = _jaffe(raw_dir, "KA.HA1.29.tiff")
+    faces = yunet.detect_faces(image)
+    assert len(faces) == 1
+    face = faces[0]
+    assert 0.9 <= face.score <= 1.0
+    assert 110 <= face.box.w <= 200 and face.box.h > face.box.w  # hairline to chin: taller than wide
+    (left_x, left_y), (right_x, right_y) = face.eyes()
+    nose, mouth_right, mouth_left = face.landmarks[2:]
+    # Anatomy, in image rows: eyes above the nose tip above the mouth corners, all inside the box.
+    assert max(left_y, right_y) < nose[1] < min(mouth_right[1], mouth_left[1])
+    assert left_x < nose[0] < right_x and abs(_roll(face)) < 5
+    assert all(face.box.x <= x <= face.box.right and face.box.y <= y <= face.box.bottom
+               for x, y in face.landmarks)
 
 
 def test_three_faces_side_by_side_are_found_in_their_tiles(raw_dir, detector):
@@ -135,20 +178,19 @@ def test_three_faces_side_by_side_are_found_in_their_tiles(raw_dir, detector):
     assert len(boxes) == 3
     areas = [box.area for box in boxes]
     assert areas == sorted(areas, reverse=True)
-    tile_boxes = [Box(256 * i, 0, 256, 256) for i in range(3)]
-    assert sorted(next(i for i, t in enumerate(tile_boxes) if b.inside(t)) for b in boxes) == [
-        0, 1, 2]
-    # detect_and_crop is the path predict and serve use: the same boxes, one training crop each.
+    centres = sorted(int(box.center[0] // 256) for box in boxes)
+    assert centres == [0, 1, 2]  # one face per portrait
+    # detect_and_crop is the path predict and serve use: the same faces, one training crop each.
     found, crops = detect_and_crop(canvas, detector)
-    assert found == boxes and len(crops) == 3
+    assert [face.box for face in found] == boxes and len(crops) == 3
     assert all(crop.shape == (48, 48) and crop.dtype == np.uint8 for crop in crops)
-    for box, crop in zip(found, crops, strict=True):
-        np.testing.assert_array_equal(crop, crop_face(canvas, box))
+    for face, crop in zip(found, crops, strict=True):
+        np.testing.assert_array_equal(crop, crop_detected(canvas, face))
     found, crops = detect_and_crop(canvas, detector, max_faces=2)
-    assert found == boxes[:2] and len(crops) == 2
-    # A colour photo gives the same boxes and crops as its gray version.
-    colour_boxes, colour_crops = detect_and_crop(cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR), detector)
-    assert colour_boxes == boxes
+    assert [face.box for face in found] == boxes[:2] and len(crops) == 2
+    # A colour photo of the same pixels gives the same boxes and crops as its gray version.
+    colour_faces, colour_crops = detect_and_crop(cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR), detector)
+    assert [face.box for face in colour_faces] == boxes
     np.testing.assert_array_equal(np.stack(colour_crops), np.stack(detect_and_crop(canvas, detector)[1]))
 
 
@@ -160,49 +202,139 @@ def test_largest_face_comes_first(raw_dir, detector):
     canvas[:180, 256:] = small
     boxes = detector.detect(canvas)
     assert len(boxes) == 2
-    assert boxes[0].inside(Box(0, 0, 256, 256)) and boxes[1].inside(Box(256, 0, 180, 180))
+    assert boxes[0].center[0] < 256 <= boxes[1].center[0]
 
 
-def test_blank_image_has_no_face(detector):
+def test_images_without_a_face_give_none(detector):
     assert detector.detect(np.full((480, 640), 128, np.uint8)) == []
     assert detector.detect(np.zeros((480, 640, 3), np.uint8)) == []
+    # Images too small to hold a face: an answer, not an OpenCV error.
+    assert detector.detect(np.zeros((1, 1), np.uint8)) == []
+    assert detector.detect(np.zeros((5, 900, 3), np.uint8)) == []
 
 
-def test_min_size_filters_small_faces(raw_dir):
+def test_min_size_filters_small_faces(raw_dir, yunet_model):
     image = _jaffe(raw_dir, "KA.HA1.29.tiff")
-    assert FaceDetector(min_size=220).detect(image) == []
+    assert FaceDetector("haar", min_size=220).detect(image) == []
+    assert FaceDetector(model=yunet_model, min_size=220).detect(image) == []
+    assert len(FaceDetector(model=yunet_model, min_size=100).detect(image)) == 1
 
 
-def test_bad_detector_parameters_are_refused():
+def test_a_face_larger_than_yunet_sees_is_found_on_a_scaled_copy(raw_dir, yunet_model):
+    # A close-up portrait: the face is ~1,000 px wide, far above the ~300 px YuNet is trained for.
+    portrait = cv2.resize(_jaffe(raw_dir, "KA.HA1.29.tiff"), (1600, 1600), interpolation=cv2.INTER_CUBIC)
+    full_resolution = FaceDetector(model=yunet_model, detect_size=1600)
+    assert full_resolution.detect(portrait) == []  # why photos are scaled down first
+    faces = FaceDetector(model=yunet_model).detect_faces(portrait)
+    assert len(faces) == 1
+    # Boxes and landmarks come back in the photo's own pixels (6.25x the 256-px portrait).
+    small = FaceDetector(model=yunet_model).detect_faces(_jaffe(raw_dir, "KA.HA1.29.tiff"))[0]
+    assert abs(faces[0].box.w - 6.25 * small.box.w) < 0.1 * 6.25 * small.box.w
+    assert abs(faces[0].landmarks[2][0] - 6.25 * small.landmarks[2][0]) < 30
+
+
+def test_tiles_find_small_faces_in_a_large_photo(raw_dir, yunet_model):
+    # A 4000x3000 "group photo": six real faces of ~90 px. Scaled to 640 px they are ~15 px, too
+    # small for YuNet's score threshold; the tiled pass at twice the resolution finds them.
+    canvas = np.full((3000, 4000), 110, np.uint8)
+    spots = [(400, 600), (1300, 600), (2200, 600), (3100, 600), (800, 2000), (2600, 2000)]
+    names = sorted(p.name for p in (raw_dir / "jaffe").glob("*.tiff"))[::36][:6]
+    for (x, y), name in zip(spots, names, strict=True):
+        face = cv2.resize(_jaffe(raw_dir, name), (160, 160), interpolation=cv2.INTER_AREA)
+        canvas[y:y + 160, x:x + 160] = face
+    assert FaceDetector(model=yunet_model, min_size=20).detect(canvas) == []
+    found = FaceDetector(model=yunet_model, min_size=20, tiles=True).detect(canvas)
+    assert len(found) == 6
+    assert sorted((b.center[0] // 900, b.center[1] // 1000) for b in found) == sorted(
+        ((x + 80) // 900, (y + 80) // 1000) for x, y in spots)
+
+
+# --- aligned crops -----------------------------------------------------------------------------
+
+def test_align_face_puts_the_eyes_where_fer2013_has_them():
+    # Two bright dots as eyes on a dark image, the eye line tilted by 20 degrees.
+    image = np.zeros((400, 400), np.uint8)
+    left = np.array([150.0, 200.0])
+    right = left + 80 * np.array([np.cos(0.35), np.sin(0.35)])
+    for x, y in (left, right):
+        cv2.circle(image, (round(x), round(y)), 4, 255, -1, lineType=cv2.LINE_AA)
+    face = Face(Box(100, 150, 150, 180), 0.99, (tuple(right), tuple(left), (0, 0), (0, 0), (0, 0)))
+    crop = align_face(image, face, size=200)
+    blobs = cv2.connectedComponentsWithStats((crop > 100).astype(np.uint8))[3][1:]
+    assert len(blobs) == 2
+    (x1, y1), (x2, y2) = sorted(blobs.tolist())
+    # Level, EYE_DISTANCE x the side apart, centred, on row EYE_ROW.
+    assert abs(y1 - y2) < 1.5
+    assert abs((x2 - x1) - EYE_DISTANCE * 200) < 1.5
+    assert abs((x1 + x2) / 2 - 100) < 1.5 and abs((y1 + y2) / 2 - EYE_ROW * 200) < 1.5
+    with pytest.raises(ValueError, match="landmarks"):
+        align_face(image, Face(Box(0, 0, 10, 10)))
+
+
+def test_aligned_crop_of_a_tilted_real_face_is_level(raw_dir, yunet):
+    portrait = _jaffe(raw_dir, "KA.HA1.29.tiff")
+    tilted = _rotate(portrait, 20)
+    face = yunet.detect_faces(tilted)[0]
+    assert abs(_roll(face)) > 10  # the detector sees the tilt
+
+    def roll_in(crop: np.ndarray) -> float:
+        big = cv2.copyMakeBorder(cv2.resize(crop, (192, 192)), 64, 64, 64, 64, cv2.BORDER_REPLICATE)
+        return _roll(yunet.detect_faces(big)[0])
+
+    box_crop = crop_detected(tilted, face, align=False)
+    aligned = crop_detected(tilted, face)
+    assert abs(roll_in(box_crop)) > 10
+    assert abs(roll_in(aligned)) < 8
+    # The aligned crop of the tilted photo looks like the aligned crop of the upright one.
+    upright = crop_detected(portrait, yunet.detect_faces(portrait)[0])
+    def similarity(crop: np.ndarray) -> float:
+        return float(np.corrcoef(crop.ravel(), upright.ravel())[0, 1])
+
+    assert similarity(aligned) > similarity(box_crop)
+
+
+# --- configuration errors ----------------------------------------------------------------------
+
+def test_bad_detector_parameters_are_refused(yunet_model):
+    with pytest.raises(ParamsError, match="detector must be one of yunet, haar"):
+        FaceDetector("mtcnn")
     with pytest.raises(ParamsError, match="scale_factor"):
-        FaceDetector(scale_factor=1.0)
+        FaceDetector("haar", scale_factor=1.0)
     with pytest.raises(ParamsError, match="min_neighbors"):
-        FaceDetector(min_neighbors=-1)
+        FaceDetector("haar", min_neighbors=-1)
     with pytest.raises(ParamsError, match="min_size"):
-        FaceDetector(min_size=0)
+        FaceDetector("haar", min_size=0)
+    with pytest.raises(ParamsError, match="score_threshold"):
+        FaceDetector(model=yunet_model, score_threshold=1.5)
+    with pytest.raises(ParamsError, match="detect_size"):
+        FaceDetector(model=yunet_model, detect_size=10)
 
 
 def test_unloadable_models_are_named(tmp_path):
     missing = tmp_path / "nothing.xml"
     with pytest.raises(FeropsError, match="nothing.xml.*not found"):
-        FaceDetector(cascade_path=missing)
+        FaceDetector("haar", model=missing)
     bogus = tmp_path / "bogus.xml"
     bogus.write_text("<not a cascade/>")
     with pytest.raises(FeropsError, match="bogus.xml.*could not load"):
-        FaceDetector(cascade_path=bogus)
+        FaceDetector("haar", model=bogus)
     with pytest.raises(FeropsError, match="yunet.onnx.*not found"):
-        FaceDetector(dnn_model=tmp_path / "yunet.onnx")
+        FaceDetector(model=tmp_path / "yunet.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07 not a network" * 100)
+    with pytest.raises(FeropsError, match="garbage.onnx.*could not load"):
+        FaceDetector(model=garbage)
 
 
 def test_opencv_without_cascades_gets_a_clear_error(monkeypatch):
     # What OpenCV 5 wheels look like: an empty cv2.data and no CascadeClassifier.
     monkeypatch.setattr(cv2.data, "haarcascades", "")
-    with pytest.raises(FeropsError, match="<5"):
-        FaceDetector()
+    with pytest.raises(FeropsError, match="YuNet detector"):
+        FaceDetector("haar")
     monkeypatch.undo()
     monkeypatch.delattr(cv2, "CascadeClassifier")
     with pytest.raises(FeropsError, match="CascadeClassifier"):
-        FaceDetector()
+        FaceDetector("haar")
 
 
 def test_default_margin_is_small():

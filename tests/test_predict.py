@@ -19,6 +19,7 @@ import yaml
 
 from conftest import REPO_ROOT, ckplus_faces, jaffe_paths, multi_face_canvas
 from ferops.cli import EXIT_SOME_FAILED, main
+from ferops.detector_model import YUNET_FILE, YUNET_SHA256
 from ferops.faces import FaceDetector
 from ferops.inference import load_classifier
 from ferops.media import DEFAULT_MAX_PIXELS
@@ -30,7 +31,8 @@ from ferops.predictor import Predictor, annotate
 CLASSES = tuple(yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["base"]["classes"])
 FEROPS = shutil.which("ferops", path=str(Path(sys.executable).parent)) or "ferops"
 
-FACE_KEYS = {"source", "frame", "face", "box", "expression", "confidence", "probabilities"}
+FACE_KEYS = {"source", "frame", "face", "box", "expression", "confidence", "probabilities", "detector_score",
+             "landmarks"}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,12 @@ def assert_face_record(record, classes=CLASSES):
     assert abs(sum(record["probabilities"].values()) - 1) < 1e-4
     assert record["expression"] == max(record["probabilities"], key=record["probabilities"].get)
     assert record["confidence"] == record["probabilities"][record["expression"]]
+    # YuNet (the default detector): its score and five named landmarks, inside the face box.
+    assert 0.5 <= record["detector_score"] <= 1.0
+    assert list(record["landmarks"]) == ["right_eye", "left_eye", "nose_tip", "mouth_right", "mouth_left"]
+    box = record["box"]
+    for point in record["landmarks"].values():
+        assert box["x"] <= point["x"] <= box["x"] + box["w"] and box["y"] <= point["y"] <= box["y"] + box["h"]
 
 
 @pytest.mark.parametrize("count", [1, 2, 3])
@@ -378,3 +386,73 @@ def test_max_pixels_option(raw_dir, onnx_model, tmp_path, caplog):
                      wrong]) == 1
         assert message in caplog.text
 
+
+
+def crowd_photo(raw_dir, side: int = 120, columns: int = 12, rows: int = 10) -> np.ndarray:
+    """A class photo of 120 real faces: JAFFE portraits in a 12 x 10 grid, 1440 x 1200 pixels."""
+    paths = jaffe_paths(raw_dir)
+    canvas = np.full((rows * side, columns * side), 128, np.uint8)
+    for index in range(rows * columns):
+        row, column = divmod(index, columns)
+        face = cv2.imread(str(paths[index % len(paths)]), cv2.IMREAD_GRAYSCALE)
+        canvas[row * side:(row + 1) * side, column * side:(column + 1) * side] = cv2.resize(
+            face, (side, side), interpolation=cv2.INTER_AREA)
+    return canvas
+
+
+def test_tiny_huge_and_crowded_photos_get_bounded_answers(raw_dir, onnx_model, tmp_path):
+    """A 1x1 image, a 40-megapixel photo and a photo of 120 faces: answers, in bounded memory."""
+    face = cv2.imread(str(jaffe_paths(raw_dir)[3]), cv2.IMREAD_GRAYSCALE)
+    big = np.full((5160, 7750, 3), 90, np.uint8)  # 39,990,000 pixels: just under the default limit
+    big[1500:3500, 3000:5000] = cv2.cvtColor(cv2.resize(face, (2000, 2000), interpolation=cv2.INTER_CUBIC),
+                                             cv2.COLOR_GRAY2BGR)
+    cv2.imwrite(str(tmp_path / "big.jpg"), big)
+    del big
+    cv2.imwrite(str(tmp_path / "tiny.png"), np.full((1, 1), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "crowd.png"), crowd_photo(raw_dir))
+    out = tmp_path / "out.json"
+    result, peak_mib = run_measuring_memory(
+        [FEROPS, "predict", *(str(tmp_path / name) for name in ("tiny.png", "big.jpg", "crowd.png")),
+         "--model", str(onnx_model), "-o", str(out), "--no-progress"], tmp_path / "peak")
+    assert result.returncode == 0, result.stderr
+    # The 40-megapixel photo decoded (120 MB in colour) plus the model: well under a gigabyte.
+    assert peak_mib < 1024, f"ferops predict peaked at {peak_mib:.0f} MiB"
+    document = json.loads(out.read_text())
+    faces = {name: [f for f in document["faces"] if f["source"].endswith(name)]
+             for name in ("tiny.png", "big.jpg", "crowd.png")}
+    assert faces["tiny.png"] == []
+    assert len(faces["big.jpg"]) == 1  # a 1,000-pixel face, found on the scaled copy
+    box = faces["big.jpg"][0]["box"]
+    assert 3000 <= box["x"] + box["w"] / 2 <= 5000 and 1500 <= box["y"] + box["h"] / 2 <= 3500
+    assert len(faces["crowd.png"]) >= 100
+    assert all(0 <= f["box"]["x"] + f["box"]["w"] / 2 < 1440 for f in faces["crowd.png"])
+
+
+def test_cli_haar_detector_and_bad_detector_models(raw_dir, onnx_model, yunet_model, tmp_path, monkeypatch,
+                                                   caplog):
+    make_folder(raw_dir, tmp_path / "photos")
+    (tmp_path / "photos" / "corrupt.jpg").unlink()
+    out = tmp_path / "haar.json"
+    assert main(["predict", str(tmp_path / "photos"), "--model", str(onnx_model), "--detector", "haar",
+                 "-o", str(out)]) == 0
+    document = json.loads(out.read_text())
+    assert document["detector"] == "haar" and len(document["faces"]) == 5
+    assert all(f["detector_score"] is None and f["landmarks"] is None for f in document["faces"])
+
+    # A model file that is not a YuNet network, given explicitly: named, nothing written.
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(yunet_model.read_bytes()[:50_000])
+    out.unlink()
+    assert main(["predict", str(tmp_path / "photos"), "--model", str(onnx_model), "--detector-model",
+                 str(bogus), "-o", str(out)]) == 1
+    assert f"{bogus}: OpenCV could not load this file as a FaceDetectorYN" in caplog.text
+    assert not out.exists()
+    # The default model, corrupted in the user cache, outside any checkout: refused with its checksum.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / YUNET_FILE).write_bytes(yunet_model.read_bytes()[:50_000])
+    monkeypatch.setenv("FEROPS_CACHE_DIR", str(cache))
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(tmp_path / "photos"), "--model", str(onnx_model)]) == 1
+    assert f"{cache / YUNET_FILE}: not the expected face-detector model" in caplog.text
+    assert f"expected {YUNET_SHA256}" in caplog.text

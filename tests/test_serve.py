@@ -220,6 +220,20 @@ def test_web_page_in_headless_chromium(server, two_faces, tmp_path):
             assert page.locator("#results .face").count() == 2
             assert page.locator("#results .face").first.locator(".bar").count() == len(CLASSES)
 
+            # The detector's landmarks: five dots per face where the JSON puts them, hidden and
+            # shown again by the toggle.
+            dots = page.locator(".landmark")
+            assert dots.count() == 5 * len(expected)
+            points = [point for face in expected for point in face["landmarks"].values()]
+            for i, point in enumerate(points):
+                dot = dots.nth(i).bounding_box()
+                centre = (dot["x"] + dot["width"] / 2 - photo["x"], dot["y"] + dot["height"] / 2 - photo["y"])
+                assert abs(centre[0] - point["x"] * scale) <= 2 and abs(centre[1] - point["y"] * scale) <= 2
+            page.uncheck("#landmarks")
+            assert not dots.first.is_visible() and boxes.first.is_visible()
+            page.check("#landmarks")
+            assert dots.first.is_visible()
+
             # A non-image shows the server's message, not a crash.
             page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain",
                                                   "buffer": b"not an image"}])

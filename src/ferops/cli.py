@@ -143,10 +143,13 @@ def _predictor(args: argparse.Namespace):  # -> ferops.predictor.Predictor
 
     if args.max_faces is not None and args.max_faces < 1:
         raise FeropsError(f"--max-faces must be >= 1, got {args.max_faces}")
-    detector = FaceDetector(min_size=args.min_face, dnn_model=args.dnn_detector)
+    if args.detector_model is not None and not args.detector_model.is_file():
+        raise FeropsError(f"--detector-model {args.detector_model}: no such file")
+    detector = FaceDetector(args.detector, model=args.detector_model, min_size=args.min_face,
+                            score_threshold=args.detector_threshold, tiles=args.tiles)
     classifier = load_classifier(args.model, tracking_uri=_model_tracking_uri(args),
                                  batch_size=args.batch_size, tta=args.tta)
-    return Predictor(classifier, detector, max_faces=args.max_faces)
+    return Predictor(classifier, detector, max_faces=args.max_faces, align=args.align)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -232,9 +235,24 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dnn-detector", metavar="ONNX", type=Path,
-                        help="use OpenCV's DNN face detector (FaceDetectorYN) with this YuNet model file, "
-                             "e.g. face_detection_yunet_2023mar.onnx (default: OpenCV's Haar cascade)")
+    from ferops.detector_model import YUNET_FILE, cache_dir
+    from ferops.faces import DEFAULT_SCORE_THRESHOLD, DETECT_SIZE
+
+    parser.add_argument("--detector", choices=("yunet", "haar"), default="yunet",
+                        help=f"face detector: yunet (default; OpenCV's FaceDetectorYN, run on a copy of "
+                             f"the photo scaled to at most {DETECT_SIZE} px) or haar (OpenCV's 2001 "
+                             "frontal-face cascade, kept for comparison: more false faces, slower)")
+    parser.add_argument("--detector-model", metavar="FILE", type=Path,
+                        help=f"the detector's model file: a YuNet .onnx or a Haar .xml (default: "
+                             f"{YUNET_FILE} from the checkout's data/raw/ or {cache_dir()}/, fetched "
+                             "there once and checked by sha256; OpenCV's bundled cascade for haar)")
+    parser.add_argument("--detector-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD, metavar="P",
+                        help=f"YuNet's minimum face score, 0..1 (default {DEFAULT_SCORE_THRESHOLD})")
+    parser.add_argument("--tiles", action="store_true",
+                        help="YuNet: also search overlapping tiles at twice the resolution, for small "
+                             "faces in large group photos (slower)")
+    parser.add_argument("--no-align", dest="align", action="store_false",
+                        help="crop YuNet faces by their box instead of aligning them by the eyes")
     parser.add_argument("--min-face", type=int, default=30, metavar="PX",
                         help="smallest face side to detect, in pixels (default 30)")
     parser.add_argument("--max-faces", type=int, metavar="N", help="keep only the N largest faces per image")

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ferops.errors import DataError, ParamsError
-from ferops.faces import DEFAULT_MARGIN, DEFAULT_SIZE, FaceDetector, center_crop, crop_face
+from ferops.faces import DEFAULT_MARGIN, DEFAULT_SIZE, FaceDetector, center_crop, crop_detected
 from ferops.figures import image_grid
 
 logger = logging.getLogger(__name__)
@@ -191,18 +191,22 @@ def load_jaffe(
     min_face_size: int = 80,
     on_no_face: OnNoFace = "center_crop",
     size: int = DEFAULT_SIZE,
+    align: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Detect and crop the face of every JAFFE portrait, FER2013-style, with its label.
 
     Args:
         directory: Folder of JAFFE TIFFs named like ``KA.AN1.39.tiff``.
-        detector: Face detector (default: the Haar cascade with ``min_size=min_face_size``).
-        margin: Fraction of the face box added on each side (see :func:`ferops.faces.crop_face`).
+        detector: Face detector (default: YuNet with ``min_size=min_face_size``).
+        margin: Haar boxes: fraction of the face box added on each side (see
+            :func:`ferops.faces.crop_face`).
         min_face_size: Boxes with a side below this many pixels are ignored (JAFFE faces are
             about 150-180 px; smaller boxes are false positives).
         on_no_face: What to do with a portrait without a face: ``"center_crop"`` keeps a
             centred crop of the usual face size, ``"drop"`` leaves it out.
         size: Output side in pixels.
+        align: Align faces with landmarks (YuNet) by their eyes (:func:`ferops.faces.align_face`);
+            False crops their box like a Haar box.
 
     Returns:
         ``(arrays, report)``. Arrays, sorted by file name: ``images`` uint8 (n, size, size),
@@ -237,12 +241,12 @@ def load_jaffe(
     missed, multiple = [], []
     for index, (path, (subject, code)) in enumerate(zip(paths, parsed, strict=True)):
         gray = read_gray(path)
-        faces = [box for box in detector.detect(gray) if min(box.w, box.h) >= min_face_size]
+        faces = [face for face in detector.detect_faces(gray) if min(face.box.w, face.box.h) >= min_face_size]
         if len(faces) > 1:
             multiple.append(path.name)
         if faces:
-            crop = crop_face(gray, faces[0], margin=margin, size=size)
-            box = faces[0].as_tuple()
+            crop = crop_detected(gray, faces[0], margin=margin, size=size, align=align)
+            box = faces[0].box.as_tuple()
         else:
             missed.append(path.name)
             logger.warning("%s: no face found (%s)", path, on_no_face.replace("_", " "))
@@ -284,6 +288,7 @@ def load_jaffe(
         "min_face_size": min_face_size,
         "size": size,
         "detector": detector.backend,
+        "aligned": bool(align and detector.backend == "yunet"),
     }
     logger.info("JAFFE: %d/%d faces detected, %d images kept (%s); per expression %s",
                 report["detected"], len(paths), len(images), on_no_face,

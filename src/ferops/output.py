@@ -38,8 +38,12 @@ def write_json(document: dict[str, Any], out: TextIO) -> None:
 
 
 def csv_header(classes: Sequence[str]) -> list[str]:
-    """CSV columns: source, frame, face, x, y, w, h, expression, confidence, one per class."""
-    return ["source", "frame", "face", "x", "y", "w", "h", "expression", "confidence", *classes]
+    """CSV columns: source, frame, face, x, y, w, h, expression, confidence, detector_score, one per class.
+
+    The landmarks are in the JSON only.
+    """
+    return ["source", "frame", "face", "x", "y", "w", "h", "expression", "confidence", "detector_score",
+            *classes]
 
 
 def write_csv(results: Sequence[InputResult], classes: Sequence[str], out: TextIO) -> None:
@@ -50,6 +54,7 @@ def write_csv(results: Sequence[InputResult], classes: Sequence[str], out: TextI
         for face in result.faces:
             writer.writerow([face.source, "" if face.frame is None else face.frame, face.face,
                              *face.box.as_tuple(), face.expression, f"{face.confidence:.6f}",
+                             "" if face.detector_score is None else f"{face.detector_score:.4f}",
                              *(f"{face.probabilities[name]:.6f}" for name in classes)])
 
 

@@ -1,8 +1,9 @@
 """Detect, crop and classify faces; the per-face and per-input results; drawing them on images.
 
-The crop is the training crop: OpenCV detection (:class:`ferops.faces.FaceDetector`), the box
-squared and grown by the FER2013 margin, 48x48 gray uint8 (:func:`ferops.faces.detect_and_crop`),
-fed as raw 0..255 float32 pixels. Faces of several images (or video frames) are classified in
+The crop is the training crop: OpenCV detection (:class:`ferops.faces.FaceDetector`, YuNet by
+default), the face aligned by its eyes to FER2013's framing (a Haar box: squared and grown by the
+FER2013 margin), 48x48 gray uint8 (:func:`ferops.faces.detect_and_crop`), fed as raw 0..255
+float32 pixels. Faces of several images (or video frames) are classified in
 one batch.
 """
 
@@ -15,11 +16,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ferops.faces import DEFAULT_MARGIN, Box, FaceDetector, detect_and_crop, to_gray
+from ferops.faces import DEFAULT_MARGIN, Box, Face, FaceDetector, detect_and_crop, to_gray
 from ferops.inference import Classifier
 
 # BGR colour per class for boxes and labels (angry red, disgust green, fear purple, happy yellow,
 # sad blue, surprise orange, neutral teal): saturated, so boxes stand out on gray photos too.
+# YuNet's landmark order (the person's right and left).
+LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_right", "mouth_left")
 _COLOURS = [(40, 40, 220), (40, 160, 40), (160, 60, 160), (0, 200, 255), (200, 110, 30), (0, 140, 255),
             (200, 200, 0)]
 
@@ -36,6 +39,9 @@ class FaceResult:
         expression: The most probable class.
         confidence: Its probability.
         probabilities: Every class's probability.
+        detector_score: The face detector's confidence (None for the Haar cascade).
+        landmarks: Eyes, nose tip and mouth corners as (x, y) pixels (see
+            :class:`ferops.faces.Face`; None for the Haar cascade).
     """
 
     source: str
@@ -45,13 +51,20 @@ class FaceResult:
     expression: str
     confidence: float
     probabilities: dict[str, float]
+    detector_score: float | None = None
+    landmarks: tuple[tuple[float, float], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready record (box as x, y, w, h)."""
+        """A JSON-ready record (box as x, y, w, h; landmarks as named x, y points)."""
+        landmarks = None if self.landmarks is None else {
+            name: {"x": round(x, 1), "y": round(y, 1)}
+            for name, (x, y) in zip(LANDMARK_NAMES, self.landmarks, strict=True)}
         return {"source": self.source, "frame": self.frame, "face": self.face,
                 "box": dict(zip(("x", "y", "w", "h"), self.box.as_tuple(), strict=True)),
                 "expression": self.expression, "confidence": round(self.confidence, 6),
-                "probabilities": {name: round(p, 6) for name, p in self.probabilities.items()}}
+                "probabilities": {name: round(p, 6) for name, p in self.probabilities.items()},
+                "detector_score": None if self.detector_score is None else round(self.detector_score, 4),
+                "landmarks": landmarks}
 
 
 @dataclass
@@ -89,28 +102,32 @@ class Predictor:
     """Detect, crop and classify faces: the training crop, batched classification."""
 
     def __init__(self, classifier: Classifier, detector: FaceDetector, *, margin: float = DEFAULT_MARGIN,
-                 max_faces: int | None = None) -> None:
+                 max_faces: int | None = None, align: bool = True) -> None:
         """Combine a classifier and a face detector.
 
         Args:
             classifier: From :func:`ferops.inference.load_classifier`.
-            detector: The face detector (Haar by default, YuNet with a model file).
-            margin: Crop margin (the prepare stage's ``margin``; the default matches training).
+            detector: The face detector (YuNet or the Haar cascade).
+            margin: Crop margin of Haar boxes (the default matches training).
             max_faces: Keep only the largest faces of each image (None: all).
+            align: Align faces that have landmarks (YuNet) by their eyes (see
+                :func:`ferops.faces.crop_detected`).
         """
         self.classifier = classifier
         self.detector = detector
         self.margin = float(margin)
         self.max_faces = max_faces
+        self.align = bool(align)
 
     @property
     def classes(self) -> tuple[str, ...]:
         """Class names in output order."""
         return self.classifier.classes
 
-    def crops(self, image: np.ndarray) -> tuple[list[Box], list[np.ndarray]]:
+    def crops(self, image: np.ndarray) -> tuple[list[Face], list[np.ndarray]]:
         """Detect the faces of an image and crop each one as in training (48x48 gray uint8)."""
-        return detect_and_crop(image, self.detector, margin=self.margin, max_faces=self.max_faces)
+        return detect_and_crop(image, self.detector, margin=self.margin, max_faces=self.max_faces,
+                               align=self.align)
 
     def predict_many(self, images: Sequence[tuple[np.ndarray, str, int | None]]) -> list[list[FaceResult]]:
         """Classify the faces of several images in one batch.
@@ -125,15 +142,15 @@ class Predictor:
         crops = [crop for _, image_crops in detections for crop in image_crops]
         probabilities = self.classifier.classify(crops)
         results, row = [], 0
-        for (_, source, frame), (boxes, _) in zip(images, detections, strict=True):
+        for (_, source, frame), (found, _) in zip(images, detections, strict=True):
             faces = []
-            for index, box in enumerate(boxes):
+            for index, face in enumerate(found):
                 probs = probabilities[row]
                 row += 1
                 best = int(np.argmax(probs))
                 named = {name: float(p) for name, p in zip(self.classes, probs, strict=True)}
-                faces.append(FaceResult(source, frame, index, box, self.classes[best], float(probs[best]),
-                                        named))
+                faces.append(FaceResult(source, frame, index, face.box, self.classes[best],
+                                        float(probs[best]), named, face.score, face.landmarks))
             results.append(faces)
         return results
 

@@ -69,11 +69,17 @@ class JaffeCrop(Section):
     """How JAFFE faces are found and cropped (the ``prepare.jaffe`` params section).
 
     Attributes:
-        margin: Margin around the detected face box, as a fraction of the box size.
+        detector: ``yunet`` (OpenCV's FaceDetectorYN, the model the download stage fetched) or
+            ``haar`` (OpenCV's frontal-face cascade).
+        align: YuNet faces: align by the eyes to FER2013's framing (false: crop the box).
+        margin: Haar boxes (and YuNet's with ``align: false``): margin around the box, as a
+            fraction of its size.
         min_face_size: Smallest face side the detector looks for, in pixels.
         on_no_face: ``center_crop`` or ``drop`` an image where no face is found.
     """
 
+    detector: Literal["yunet", "haar"] = "yunet"
+    align: bool = True
     margin: float = Field(0.02, ge=0, lt=1)
     min_face_size: int = Field(80, gt=0)
     on_no_face: Literal["center_crop", "drop"] = "center_crop"
