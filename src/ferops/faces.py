@@ -451,7 +451,13 @@ class FaceDetector:
         if not path.is_file():
             raise FeropsError(f"{path}: FaceDetectorYN model not found (expected a YuNet .onnx "
                               "file, e.g. face_detection_yunet_2023mar.onnx from opencv_zoo)")
+        logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
+        previous = logging_api.getLogLevel() if logging_api else None
         try:
+            # OpenCV 5 warns at every load that its new graph engine ignores the (default) target:
+            # nothing a user can act on, so OpenCV's own log is quietened while the model loads.
+            if logging_api:
+                logging_api.setLogLevel(logging_api.LOG_LEVEL_ERROR)
             # The input size is a placeholder: it is set for every image in detect_faces().
             return cv2.FaceDetectorYN.create(str(path), "", (320, 320), self.score_threshold)
         except cv2.error as error:
@@ -459,6 +465,9 @@ class FaceDetector:
                 f"{path}: OpenCV could not load this file as a FaceDetectorYN (YuNet ONNX) model "
                 f"({str(error).strip().splitlines()[-1]})"
             ) from error
+        finally:
+            if logging_api:
+                logging_api.setLogLevel(previous)
 
     def _run_yunet(self, image: np.ndarray, scale: float, offset: tuple[int, int] = (0, 0)) -> list[Face]:
         """Detect in ``image`` (already scaled by ``scale``); map results back to photo pixels."""

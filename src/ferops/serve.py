@@ -107,7 +107,8 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
     app = FastAPI(title="ferops", description="Facial expression recognition: upload a photo, get "
                   "each face's box, expression and class probabilities.", version="1")
     page = resources.files("ferops").joinpath("static/index.html").read_text(encoding="utf-8")
-    # OpenCV's Haar cascade object is not documented as thread-safe: detection runs one at a time.
+    # One OpenCV detector object serves every request and is not thread-safe (YuNet's input size is
+    # set per image): detection runs one at a time.
     # Decoding runs under the same lock, so however many uploads arrive together, only one decoded
     # image (at most max_pixels) is in memory at a time.
     detect_lock = threading.Lock()
