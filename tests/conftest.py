@@ -226,6 +226,32 @@ def evaluated_run(tmp_path_factory: pytest.TempPathFactory, trained_run: Trained
     return out
 
 
+# --- A static HTTP server on 127.0.0.1 (mirrors, model downloads, the docs site) ----------------------------
+
+
+@contextlib.contextmanager
+def http_folder(folder: Path):
+    """Serve ``folder`` over real HTTP on a free port of 127.0.0.1; yields the base URL (no slash)."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 # --- Using the model (predict / serve / export): shared inputs built from the real data ---------------
 
 USAGE_MODEL_NAME = "ferops-usage-test"

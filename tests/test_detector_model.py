@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import http_folder
 from ferops.detector_model import (
     YUNET_FILE,
     YUNET_SHA256,
@@ -22,21 +19,6 @@ from ferops.detector_model import (
 from ferops.detector_model import yunet_model as locate_yunet
 from ferops.errors import FeropsError
 from ferops.faces import FaceDetector
-
-
-@contextlib.contextmanager
-def _http_folder(folder: Path):
-    """A real HTTP server on 127.0.0.1 serving ``folder``; yields its base URL."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _closed_port_url() -> str:
@@ -93,13 +75,13 @@ def test_it_is_downloaded_over_http_and_verified(tmp_path, yunet_model):
     served.mkdir()
     shutil.copyfile(yunet_model, served / YUNET_FILE)
     spec = _unreachable_origin()
-    with _http_folder(served) as url:
+    with http_folder(served) as url:
         environ = {"FEROPS_CACHE_DIR": str(tmp_path / "cache"), "FEROPS_DATA_MIRROR": url}
         path = locate_yunet(tmp_path, environ, spec=spec)
     assert path.read_bytes() == yunet_model.read_bytes()
     # A server handing out other bytes under the model's name is refused, and nothing is cached.
     (served / YUNET_FILE).write_bytes(b"\0" * 1000)
-    with _http_folder(served) as url, pytest.raises(FeropsError, match=f"expected {YUNET_SHA256}"):
+    with http_folder(served) as url, pytest.raises(FeropsError, match=f"expected {YUNET_SHA256}"):
         environ = {"FEROPS_CACHE_DIR": str(tmp_path / "other"), "FEROPS_DATA_MIRROR": url}
         locate_yunet(tmp_path, environ, spec=spec)
     assert list((tmp_path / "other").iterdir()) == []

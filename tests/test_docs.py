@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import launch_chromium
+from conftest import http_folder, launch_chromium
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,24 +73,11 @@ def test_readme_is_short_and_its_test_command_is_what_ci_runs():
     assert test in ci, "the README's test command must be a line of .ci/run, verbatim"
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
-        pass
-
-
 @pytest.fixture(scope="module")
 def server(site):
     """The built site over http on a free port of 127.0.0.1, as `mkdocs serve` or a web server would."""
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
+    with http_folder(site) as url:
+        yield url
 
 
 def heading(page) -> str:

@@ -1,14 +1,12 @@
-import functools
 import gzip
-import http.server
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
 from stages import download as download_stage
 
+from conftest import http_folder
 from ferops.config import build
 from ferops.detector_model import YUNET_FILE, YUNET_SHA256
 from ferops.download import DownloadConfig, Location, mirror_locations
@@ -99,16 +97,9 @@ def test_download_from_directory_mirror(tmp_path, monkeypatch, datasets_dir, par
 
 
 def test_download_from_http_mirror(tmp_path, monkeypatch, datasets_dir, params_file):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(datasets_dir))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/"
+    with http_folder(datasets_dir) as base:
+        url = f"{base}/"
         code, out, report = run(params_file, tmp_path, monkeypatch, url)
-    finally:
-        server.shutdown()
     assert code == 0
     assert (out / "fer2013new.csv").read_bytes() == (datasets_dir / "fer2013new.csv").read_bytes()
     assert url in report.read_text()
