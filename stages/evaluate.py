@@ -3,7 +3,8 @@
 Usage: python stages/evaluate.py --model models/model.keras --prepared data/prepared
        --receipt reports/mlflow_run.json --metrics reports/metrics.json --details reports/evaluate
        --plots reports/plots/evaluate --figures reports/figures/evaluate
-       --galleries reports/galleries/evaluate
+       --galleries reports/galleries/evaluate --detector-model data/raw/face_detection_yunet_2023mar.onnx
+       --reference reports/monitor/reference.parquet
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ferops.evaluation_reports import write_per_image_results as write_per_image
 from ferops.inference import load_keras_model
 from ferops.io import atomic_directory, load_arrays, write_json
 from ferops.metrics import group_index
+from ferops.monitoring import monitoring_reference
 from ferops.prepare import PrepareConfig
 from ferops.runtime import configure_logging, read_configs, run_stage
 from ferops.tracking import find_project_root, log_evaluation, read_receipt, receipt_store
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plots", required=True, help="folder for confusion data (CSV, `dvc plots show`)")
     parser.add_argument("--figures", required=True, help="folder for confusion matrices and calibration")
     parser.add_argument("--galleries", required=True, help="folder for figures showing dataset images")
+    parser.add_argument("--detector-model", required=True, help="the YuNet model (download stage)")
+    parser.add_argument("--reference", required=True, help="PublicTest as served: ferops monitor's reference")
     args = parser.parse_args(argv)
     configure_logging()
 
@@ -66,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             # Per-image results go to MLflow only (they hold the test sets' labels): the gate's
             # paired comparison reads them from there.
             per_image = write_per_image(stack.enter_context(tempfile.TemporaryDirectory()), outcomes)
+            monitor = monitoring_reference(Path(args.model), Path(args.detector_model), splits["public_test"],
+                                           Path(args.reference), receipt["run_id"], stack)
             log_evaluation(uri, receipt["run_id"], {k: v for k, v in metrics.items() if k != "tta"},
-                           per_class_metrics(outcomes),
-                           {"reports": details, "figures": figures, "galleries": galleries,
-                            "per_image": per_image}, config.tta)
+                           per_class_metrics(outcomes), {"reports": details, "figures": figures,
+                           "galleries": galleries, "per_image": per_image, "monitor": monitor}, config.tta)
         write_json(args.metrics, metrics)
 
     return run_stage("evaluate", body)

@@ -214,7 +214,9 @@ def run_evaluate(run: TrainedRun, prepared: Path, out: Path, *extra: str) -> int
             "--params", str(run.params), "--model", str(run.model), "--prepared", str(prepared),
             "--receipt", str(run.receipt), "--metrics", str(out / "metrics.json"),
             "--details", str(out / "evaluate"), "--plots", str(out / "plots"),
-            "--figures", str(out / "figures"), "--galleries", str(out / "galleries"), *extra])
+            "--figures", str(out / "figures"), "--galleries", str(out / "galleries"),
+            "--detector-model", str(_datasets_dir() / "face_detection_yunet_2023mar.onnx"),
+            "--reference", str(out / "monitor" / "reference.parquet"), *extra])
 
 
 @pytest.fixture(scope="session")

@@ -128,7 +128,10 @@ def test_evaluate_and_predict_run_without_tensorflow(trained, prepared_dir, raw_
          "--model", str(run.model), "--prepared", str(prepared_dir), "--receipt", str(run.receipt),
          "--metrics", str(out / "metrics.json"), "--details", str(out / "evaluate"),
          "--plots", str(out / "plots"), "--figures", str(out / "figures"),
-         "--galleries", str(out / "galleries")], env=env, cwd=run.work, capture_output=True, text=True)
+         "--galleries", str(out / "galleries"),
+         "--detector-model", str(raw_dir / "face_detection_yunet_2023mar.onnx"),
+         "--reference", str(out / "monitor" / "reference.parquet")],
+        env=env, cwd=run.work, capture_output=True, text=True)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < metrics["private_test"]["accuracy"] < 1

@@ -89,6 +89,15 @@ def test_evaluation_is_logged_to_the_training_run(evaluated_run, trained_run):
     assert "evaluate/figures/confusion_private_test.png" in logged
     reports = {item.path for item in client.list_artifacts(run.info.run_id, "evaluate/reports")}
     assert "evaluate/reports/ckplus.json" in reports
+    # ferops monitor's reference: PublicTest as the server sees it, tied to this run, also in MLflow.
+    from ferops.monitoring import REFERENCE_COLUMNS, read_reference
+
+    frame, model = read_reference(evaluated_run / "monitor" / "reference.parquet")
+    assert model["run_id"] == receipt["run_id"] and list(frame.columns) == list(REFERENCE_COLUMNS)
+    assert 0.9 * 3589 < len(frame) <= 3589  # faces the detector found in the served views
+    assert frame["confidence"].between(0, 1).all() and frame["brightness"].between(20, 235).all()
+    monitor = {item.path for item in client.list_artifacts(run.info.run_id, "evaluate/monitor")}
+    assert monitor == {"evaluate/monitor/reference.parquet"}
 
 
 def test_missing_model_or_receipt_fails_clearly_and_keeps_previous_outputs(trained_run, prepared_dir,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 import struct
 import subprocess
@@ -456,3 +457,25 @@ def test_cli_haar_detector_and_bad_detector_models(raw_dir, onnx_model, yunet_mo
     assert main(["predict", str(tmp_path / "photos"), "--model", str(onnx_model)]) == 1
     assert f"{cache / YUNET_FILE}: not the expected face-detector model" in caplog.text
     assert f"expected {YUNET_SHA256}" in caplog.text
+
+
+def test_cli_predict_log_records_every_face(raw_dir, onnx_model, tmp_path, caplog):
+    from ferops.prediction_log import read_log
+
+    make_folder(raw_dir, tmp_path / "photos")
+    (tmp_path / "photos" / "corrupt.jpg").unlink()
+    log_uri = f"sqlite:///{tmp_path / 'predictions.db'}"
+    out = tmp_path / "out.json"
+    with caplog.at_level(logging.INFO, logger="ferops.cli"):
+        assert main(["predict", str(tmp_path / "photos"), "--model", str(onnx_model), "-o", str(out), "--log",
+                     "--log-uri", log_uri, "--store-faces"]) == 0
+    faces = json.loads(out.read_text())["faces"]
+    rows = read_log(log_uri)
+    assert len(rows) == len(faces) == 5
+    assert sorted(row["source"] for row in rows) == sorted(face["source"] for face in faces)
+    assert {row["model"] for row in rows} == {str(onnx_model)}
+    assert {row["model_run"] for row in rows} == {None}  # a file has no MLflow run
+    assert "5 face(s) logged, 0 failed" in caplog.text
+    # The log's options without the log are a mistake, not silently ignored.
+    assert main(["predict", str(tmp_path / "photos"), "--model", str(onnx_model), "--store-faces"]) == 1
+    assert "--store-faces need the prediction log" in caplog.text

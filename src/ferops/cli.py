@@ -136,7 +136,7 @@ def _model_tracking_uri(args: argparse.Namespace) -> str | None:
     return _store_uri(args.tracking_uri, Path.cwd())
 
 
-def _predictor(args: argparse.Namespace):  # -> ferops.predictor.Predictor
+def _predictor(args: argparse.Namespace, keep_crops: bool = False):  # -> ferops.predictor.Predictor
     from ferops.faces import FaceDetector
     from ferops.inference import load_classifier
     from ferops.predictor import Predictor
@@ -149,7 +149,7 @@ def _predictor(args: argparse.Namespace):  # -> ferops.predictor.Predictor
                             score_threshold=args.detector_threshold, tiles=args.tiles)
     classifier = load_classifier(args.model, tracking_uri=_model_tracking_uri(args),
                                  batch_size=args.batch_size, tta=args.tta)
-    return Predictor(classifier, detector, max_faces=args.max_faces, align=args.align)
+    return Predictor(classifier, detector, max_faces=args.max_faces, align=args.align, keep_crops=keep_crops)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -163,14 +163,27 @@ def _predict(args: argparse.Namespace) -> int:
         raise FeropsError(f"--every must be >= 1, got {args.every}")
     max_pixels = check_max_pixels(args.max_pixels)
     fmt = args.format or ("csv" if args.output and args.output.suffix.lower() == ".csv" else "json")
-    predictor = _predictor(args)
-    results = run_inputs(args.inputs, predictor, annotate_dir=args.annotate, every=args.every,
-                         max_frames=args.max_frames, progress=not args.no_progress, max_pixels=max_pixels)
-    if args.camera is not None:
-        target = args.annotate / f"camera{args.camera}.mp4" if args.annotate else None
-        results.append(predict_camera(args.camera, predictor, headless=args.headless, annotate_to=target,
-                                      max_frames=args.max_frames))
-    write_results(results, predictor, args.output, fmt)
+    predictor = _predictor(args, keep_crops=args.store_faces)
+    prediction_log = _prediction_log(args, args.log)  # opened first: a bad --log-uri fails before the work
+    try:
+        results = run_inputs(args.inputs, predictor, annotate_dir=args.annotate, every=args.every,
+                             max_frames=args.max_frames, progress=not args.no_progress, max_pixels=max_pixels)
+        if args.camera is not None:
+            target = args.annotate / f"camera{args.camera}.mp4" if args.annotate else None
+            results.append(predict_camera(args.camera, predictor, headless=args.headless, annotate_to=target,
+                                          max_frames=args.max_frames))
+        write_results(results, predictor, args.output, fmt)
+        if prediction_log is not None:
+            from ferops.monitoring import resolve_model
+
+            model = resolve_model(str(args.model), _model_tracking_uri(args))
+            _log_results(prediction_log, results, predictor, model)
+    finally:
+        if prediction_log is not None:
+            prediction_log.close()
+            stats = prediction_log.stats()
+            logger.info("prediction log %s: %d face(s) logged, %d failed", stats["uri"], stats["logged"],
+                        stats["failed"] + stats["dropped"])
     failed = [result for result in results if result.error]
     faces = sum(len(result.faces) for result in results)
     logger.info("%d input(s), %d face(s), %d failed", len(results), faces, len(failed))
@@ -181,6 +194,25 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_results(prediction_log, results, predictor, model: tuple[str, str | None]) -> None:
+    """Queue a log record for every face ``ferops predict`` classified."""
+    import uuid
+
+    from ferops.prediction_log import LogRecord, encode_crop
+
+    for result in results:
+        request = str(uuid.uuid4())  # one input (a photo, a video) is one request
+        prediction_log.submit(
+            LogRecord(source=result.source if face.frame is None else f"{result.source}#{face.frame}",
+                      face=face.face, request=request, model=model[0], model_run=model[1],
+                      detector=predictor.detector.backend,
+                      image_width=result.width, image_height=result.height, box=face.box.as_tuple(),
+                      statistics=face.statistics, expression=face.expression, confidence=face.confidence,
+                      probabilities=face.probabilities,
+                      crop=encode_crop(face.crop) if face.crop is not None else None)
+            for face in result.faces)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from ferops.media import check_max_pixels
     from ferops.serve import serve
@@ -188,9 +220,89 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_upload_mb <= 0:
         raise FeropsError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
     max_pixels = check_max_pixels(args.max_pixels)
-    serve(_predictor(args), host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
-          max_pixels=max_pixels)
+    from ferops.monitoring import resolve_model
+
+    predictor = _predictor(args, keep_crops=True)
+    prediction_log = _prediction_log(args, args.log)
+    model = resolve_model(str(args.model), _model_tracking_uri(args)) if prediction_log else None
+    serve(predictor, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
+          max_pixels=max_pixels, prediction_log=prediction_log, model=model)
     return 0
+
+
+# Exit status of `ferops monitor` when the window drifts past the thresholds (1 is an error).
+EXIT_DRIFT = 3
+
+
+def _parse_since(text: str):  # -> datetime
+    """``--since``: an ISO date/time (UTC unless it says otherwise) or an age such as 30m, 24h, 7d."""
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([mhd])", text.strip())
+    if match:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+        return datetime.now(UTC) - timedelta(**{unit: float(match.group(1))})
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise FeropsError(f"--since {text!r}: expected an ISO date/time (2026-12-08T09:00) or an age "
+                          "(30m, 24h, 7d)") from error
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    import json
+
+    from ferops.config import BaseConfig
+    from ferops.io import atomic_directory, write_json
+    from ferops.monitoring import MonitorConfig, compare, load_window, log_monitoring_run, reference_for
+    from ferops.prediction_log import default_log_uri, redact
+    from ferops.runtime import read_configs
+    from ferops.tracking import MlflowConfig
+
+    if args.last is not None and args.last < 1:
+        raise FeropsError(f"--last must be >= 1, got {args.last}")
+    root = Path(args.params).resolve().parent
+    configs = read_configs(args.params, base=BaseConfig, monitor=MonitorConfig, mlflow=MlflowConfig)
+    log_uri = args.log_uri or default_log_uri(root)
+    since = _parse_since(args.since) if args.since else None
+    until = _parse_since(args.until) if args.until else None
+    tracking = _store_uri(args.tracking_uri, root)
+    window = load_window(log_uri, since=since, until=until, last=args.last)
+    reference, model = reference_for(window, args.reference or root / "reports/monitor/reference.parquet",
+                                     tracking, explicit=args.reference is not None)
+    current = window[window["model_run"] == model["run_id"]] if model.get("run_id") else window
+    result = compare(reference, current, configs["monitor"], list(configs["base"].classes))
+    summary = {**result.summary, "log": redact(log_uri), "model": model,
+               "window": {"since": since.isoformat() if since else None,
+                          "until": until.isoformat() if until else None, "last": args.last,
+                          "first": str(current["time"].min()), "end": str(current["time"].max())}}
+    with atomic_directory(args.out) as folder:
+        (folder / "report.html").write_text(result.html, encoding="utf-8")
+        write_json(folder / "summary.json", summary)
+        if not args.no_mlflow:
+            summary["mlflow_run_id"] = log_monitoring_run(
+                tracking, f"{configs['mlflow'].experiment}-monitoring", summary, folder, model,
+                {"log": redact(log_uri), "since": args.since, "until": args.until, "last": args.last,
+                 "faces": len(current)})
+            write_json(folder / "summary.json", summary)
+    lines = [f"{len(current)} face(s) of {model.get('reference') or model.get('run_id') or 'the model'} "
+             f"from {summary['window']['first']} to {summary['window']['end']}, against "
+             f"{len(reference)} reference faces (PublicTest)"]
+    for column, drift in summary["columns"].items():
+        lines.append(f"  {column:<11} {drift['method']:<32} {drift['score']:>10.4g} "
+                     f"{'DRIFT' if drift['drifted'] else 'ok'}")
+    low = summary["low_confidence"]
+    lines.append(f"  confidence < {low['threshold']}: {low['current']:.0%} of the faces "
+                 f"(reference {low['reference']:.0%})")
+    lines.append(f"report: {Path(args.out) / 'report.html'}, summary: {Path(args.out) / 'summary.json'}"
+                 + (f", MLflow run {summary['mlflow_run_id']}" if "mlflow_run_id" in summary else ""))
+    lines += [f"ALARM: {alarm}" for alarm in summary["alarms"]] or ["no drift past the thresholds"]
+    sys.stdout.write("\n".join(lines) + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    return EXIT_DRIFT if summary["alarms"] else 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -257,6 +369,32 @@ def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smallest face side to detect, in pixels (default 30)")
     parser.add_argument("--max-faces", type=int, metavar="N", help="keep only the N largest faces per image")
     parser.add_argument("--batch-size", type=int, default=64, help="faces per model call (default 64)")
+
+
+def _add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    from ferops.prediction_log import LOG_URI_ENV
+
+    parser.add_argument("--log-uri", metavar="URL",
+                        help=f"the prediction log's database, a SQLAlchemy URL: sqlite:///path.db or "
+                             f"postgresql+psycopg2://user:password@host/db (default: {LOG_URI_ENV}, else "
+                             "sqlite:///predictions.db at the repository root)")
+    parser.add_argument("--store-faces", action="store_true",
+                        help="also store each face's 48x48 crop in the log. Off by default: faces are "
+                             "personal data")
+
+
+def _prediction_log(args: argparse.Namespace, enabled: bool):  # -> ferops.prediction_log.PredictionLog | None
+    from ferops.prediction_log import PredictionLog, default_log_uri
+
+    if not enabled:
+        if args.store_faces or args.log_uri:
+            raise FeropsError("--log-uri and --store-faces need the prediction log (drop --no-log; for "
+                              "predict, add --log)")
+        return None
+    try:
+        return PredictionLog(args.log_uri or default_log_uri(), store_faces=args.store_faces)
+    except ValueError as error:
+        raise FeropsError(str(error)) from error
 
 
 def _add_max_pixels_argument(parser: argparse.ArgumentParser, refused: str) -> None:
@@ -360,9 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--headless", action="store_true",
                          help="webcam without a window (automatic when there is no display)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bars")
+    predict.add_argument("--log", action="store_true",
+                         help="also append every face to the prediction log (see --log-uri), as serve does")
     _add_max_pixels_argument(predict, "(and videos with larger frames) are reported and skipped")
     _add_model_arguments(predict)
     _add_detector_arguments(predict)
+    _add_log_arguments(predict)
     predict.set_defaults(handler=_predict)
 
     serve = commands.add_parser(
@@ -370,9 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Load the model once and serve it over HTTP. POST /predict takes a multipart "
         "image upload (field 'file') and returns each face's box, expression and probabilities as "
-        "JSON; GET /health says which model is loaded; GET / is a web page to try a photo or the "
-        "webcam. Binds 127.0.0.1 (this machine only) unless --host says otherwise. Uploads above "
-        "--max-upload-mb MiB or --max-pixels pixels get 413.",
+        "JSON; GET /health says which model is loaded; GET /metrics counts requests, faces, latency "
+        "and answers for Prometheus; GET / is a web page to try a photo or the webcam, where a user can "
+        "correct a wrong answer (POST /feedback stores it with the face's crop). Every face is "
+        "recorded in the prediction log (--log-uri; --no-log turns it off; crops only with "
+        "--store-faces). Binds 127.0.0.1 (this machine only) unless --host says otherwise. Uploads "
+        "above --max-upload-mb MiB or --max-pixels pixels get 413.",
         epilog="examples:\n"
         "  ferops serve                                       champion model on http://127.0.0.1:8000/\n"
         "  ferops serve --model model.onnx --port 8080\n"
@@ -382,10 +526,48 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     serve.add_argument("--max-upload-mb", type=float, default=10.0,
                        help="largest accepted image in MiB; larger uploads get 413 (default 10)")
+    serve.add_argument("--no-log", dest="log", action="store_false",
+                       help="do not record the faces in the prediction log (recorded by default)")
     _add_max_pixels_argument(serve, "get 413")
     _add_model_arguments(serve)
     _add_detector_arguments(serve)
+    _add_log_arguments(serve)
     serve.set_defaults(handler=_serve)
+
+    monitor = commands.add_parser(
+        "monitor", help="compare what the served model received with its reference: drift and health",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read a window of the prediction log (what `ferops serve` and `ferops predict --log` "
+        "recorded) and compare it with the model's reference, its answers and crop statistics on "
+        "PublicTest (reports/monitor/reference.parquet, written by the evaluate stage; or the "
+        "reference logged with the model's MLflow run). Evidently's drift tests per feature "
+        "(brightness, contrast, sharpness, confidence) and for the predicted class, plus the share of "
+        "low-confidence faces, judged by the `monitor:` section of params.yaml. Writes an HTML report "
+        "and a JSON summary, and records a monitoring run in MLflow.",
+        epilog="exit status: 0 no drift past the thresholds, 3 drift (for cron or CI alerts), 1 error\n\n"
+        "examples:\n"
+        "  ferops monitor --since 24h              the last day of the default log\n"
+        "  ferops monitor --last 500 --log-uri postgresql+psycopg2://ferops:...@db/ferops\n"
+        "  ferops monitor --since 2026-12-01 --out monitoring/december --no-mlflow",
+    )
+    monitor.add_argument("--since", metavar="WHEN",
+                         help="only faces since this time: ISO date/time or an age (30m, 24h, 7d)")
+    monitor.add_argument("--until", metavar="WHEN",
+                         help="only faces before this time (same forms as --since)")
+    monitor.add_argument("--last", type=int, metavar="N",
+                         help="only the newest N faces (of those --since and --until leave)")
+    monitor.add_argument("--log-uri", metavar="URL", help="the prediction log (default: FEROPS_LOG_URI, else "
+                         "sqlite:///predictions.db at the repository root)")
+    monitor.add_argument("--reference", type=Path, metavar="PARQUET",
+                         help="the reference (default: reports/monitor/reference.parquet, or the one logged "
+                              "with the window's model in MLflow)")
+    monitor.add_argument("--out", type=Path, default=Path("monitoring/latest"),
+                         help="folder for report.html and summary.json (default monitoring/latest)")
+    monitor.add_argument("--params", default="params.yaml", help="params file with the `monitor:` thresholds")
+    monitor.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else mlflow.db)")
+    monitor.add_argument("--no-mlflow", action="store_true", help="do not record a monitoring run in MLflow")
+    monitor.add_argument("--json", action="store_true", help="also print the JSON summary")
+    monitor.set_defaults(handler=_monitor)
 
     export = commands.add_parser(
         "export", help="export the model to ONNX (for ONNX Runtime)",

@@ -18,6 +18,7 @@ import numpy as np
 
 from ferops.faces import DEFAULT_MARGIN, Box, Face, FaceDetector, detect_and_crop, to_gray
 from ferops.inference import Classifier
+from ferops.prediction_log import crop_statistics
 
 # BGR colour per class for boxes and labels (angry red, disgust green, fear purple, happy yellow,
 # sad blue, surprise orange, neutral teal): saturated, so boxes stand out on gray photos too.
@@ -42,6 +43,9 @@ class FaceResult:
         detector_score: The face detector's confidence (None for the Haar cascade).
         landmarks: Eyes, nose tip and mouth corners as (x, y) pixels (see
             :class:`ferops.faces.Face`; None for the Haar cascade).
+        statistics: Brightness, contrast and sharpness of the 48x48 crop
+            (:func:`ferops.prediction_log.crop_statistics`; not in :meth:`to_dict`).
+        crop: The 48x48 crop the model classified (not in :meth:`to_dict`).
     """
 
     source: str
@@ -53,6 +57,8 @@ class FaceResult:
     probabilities: dict[str, float]
     detector_score: float | None = None
     landmarks: tuple[tuple[float, float], ...] | None = None
+    statistics: dict[str, float] = field(default_factory=dict, compare=False)
+    crop: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record (box as x, y, w, h; landmarks as named x, y points)."""
@@ -102,7 +108,7 @@ class Predictor:
     """Detect, crop and classify faces: the training crop, batched classification."""
 
     def __init__(self, classifier: Classifier, detector: FaceDetector, *, margin: float = DEFAULT_MARGIN,
-                 max_faces: int | None = None, align: bool = True) -> None:
+                 max_faces: int | None = None, align: bool = True, keep_crops: bool = False) -> None:
         """Combine a classifier and a face detector.
 
         Args:
@@ -112,12 +118,15 @@ class Predictor:
             max_faces: Keep only the largest faces of each image (None: all).
             align: Align faces that have landmarks (YuNet) by their eyes (see
                 :func:`ferops.faces.crop_detected`).
+            keep_crops: Keep each face's 48x48 crop on its :class:`FaceResult` (for the server's
+                feedback and ``--store-faces``; off, long videos hold no pixels).
         """
         self.classifier = classifier
         self.detector = detector
         self.margin = float(margin)
         self.max_faces = max_faces
         self.align = bool(align)
+        self.keep_crops = bool(keep_crops)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -149,8 +158,10 @@ class Predictor:
                 row += 1
                 best = int(np.argmax(probs))
                 named = {name: float(p) for name, p in zip(self.classes, probs, strict=True)}
+                crop = crops[row - 1]
                 faces.append(FaceResult(source, frame, index, face.box, self.classes[best],
-                                        float(probs[best]), named, face.score, face.landmarks))
+                                        float(probs[best]), named, face.score, face.landmarks,
+                                        crop_statistics(crop), crop if self.keep_crops else None))
             results.append(faces)
         return results
 

@@ -20,6 +20,7 @@ def section_schemas() -> dict[str, type[Section]]:
     from ferops.download import DownloadConfig
     from ferops.evaluation import EvaluateConfig
     from ferops.models import ModelConfig
+    from ferops.monitoring import MonitorConfig
     from ferops.oversample import OversampleConfig
     from ferops.prepare import PrepareConfig
     from ferops.registry import Gate, RegistryConfig
@@ -39,6 +40,7 @@ def section_schemas() -> dict[str, type[Section]]:
         "evaluate": EvaluateConfig,
         "registry": RegistryConfig,
         "promote": Gate,
+        "monitor": MonitorConfig,
     }
 
 
