@@ -254,6 +254,29 @@ def http_folder(folder: Path):
         thread.join(timeout=10)
 
 
+@contextlib.contextmanager
+def running(app):
+    """An ASGI app on a real uvicorn server on a free port of 127.0.0.1; yields its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 # --- Using the model (predict / serve / export): shared inputs built from the real data ---------------
 
 USAGE_MODEL_NAME = "ferops-usage-test"

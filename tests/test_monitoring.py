@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -16,10 +14,9 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO_ROOT, free_port, multi_face_canvas, wait_until_up
+from conftest import REPO_ROOT, free_port, multi_face_canvas, running, wait_until_up
 from ferops.cli import _predictor, build_parser
 from ferops.io import load_arrays
 from ferops.monitoring import reference_frame, resolve_model, serving_view, write_reference
@@ -28,24 +25,6 @@ from ferops.serve import create_app
 from test_predict import FEROPS
 
 SCREENSHOTS = os.environ.get("FEROPS_SCREENSHOTS")  # set to a folder to keep the browser's screenshots
-
-
-@contextlib.contextmanager
-def running(app):
-    """The app on a real uvicorn server on 127.0.0.1; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def registry_predictor(usage_registry):

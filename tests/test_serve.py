@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -12,9 +11,8 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
-from conftest import jaffe_paths, launch_chromium, multi_face_canvas
+from conftest import jaffe_paths, launch_chromium, multi_face_canvas, running
 from ferops.cli import _predictor, build_parser
 from ferops.media import DEFAULT_MAX_PIXELS
 from ferops.serve import create_app
@@ -35,18 +33,8 @@ def server(usage_registry):
     uri, name = usage_registry
     args = build_parser().parse_args(["serve", "--model", f"models:/{name}@champion", "--tracking-uri", uri])
     assert args.host == "127.0.0.1"  # loopback by default
-    app = create_app(_predictor(args), max_upload_bytes=MAX_UPLOAD)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running(create_app(_predictor(args), max_upload_bytes=MAX_UPLOAD)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
