@@ -30,6 +30,7 @@ The pipeline runs with DVC, not with this command:
   dvc metrics show               counts and figures from reports/*.json
 Then: ferops promote --dry-run   compare the new model (challenger) with the champion
 Use it: ferops predict photo.jpg, ferops serve, ferops export --format onnx
+Watch it: ferops monitor --since 24h (drift of what the server received; exit 3 on alarm)
 """
 
 # Exit status of `ferops promote` when the gate refuses the candidate (1 is an error).
@@ -507,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=_predict)
 
     serve = commands.add_parser(
-        "serve", help="run the HTTP service: POST /predict, GET /health and a web page at /",
+        "serve", help="run the HTTP service: POST /predict, POST /feedback, GET /health, GET /metrics and "
+                      "a web page at /",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Load the model once and serve it over HTTP. POST /predict takes a multipart "
         "image upload (field 'file') and returns each face's box, expression and probabilities as "
