@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import run_evaluate
+from ferops.inference import FER2013_CLASSES
 from ferops.io import load_arrays
 
 pytestmark = pytest.mark.slow
 
-CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+CLASSES = list(FER2013_CLASSES)
 DATASETS = ("private_test", "private_test_clean", "public_test", "ckplus", "jaffe")
 
 

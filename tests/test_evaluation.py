@@ -15,9 +15,10 @@ from ferops.evaluation import (
     evaluate_dataset,
     evaluation_sets,
 )
+from ferops.inference import FER2013_CLASSES
 from ferops.metrics import group_index
 
-CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+CLASSES = list(FER2013_CLASSES)
 
 
 def test_dataset_metrics_masks_ckplus_and_reports_the_unmasked_figure():

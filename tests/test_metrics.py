@@ -9,6 +9,7 @@ from ferops.errors import DataError, ParamsError
 from ferops.evaluation import (
     DEFAULT_GROUPS,
 )
+from ferops.inference import FER2013_CLASSES
 from ferops.metrics import (
     calibration,
     classification_report,
@@ -20,7 +21,7 @@ from ferops.metrics import (
     restrict,
 )
 
-CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+CLASSES = list(FER2013_CLASSES)
 
 
 def test_restrict_zeroes_missing_classes_and_renormalises():

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 
 from ferops.errors import ParamsError
+from ferops.inference import FER2013_CLASSES
 from ferops.oversample import oversample, sampling_targets
 
-CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+CLASSES = list(FER2013_CLASSES)
 
 
 def split(counts, seed=0):

@@ -8,10 +8,11 @@ from stages import prepare as prepare_stage
 from ferops.config import build
 from ferops.errors import ParamsError
 from ferops.fer2013 import read_fer2013
+from ferops.inference import FER2013_CLASSES
 from ferops.io import load_arrays
 from ferops.prepare import CleaningRules, prepare_fer2013
 
-CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+CLASSES = list(FER2013_CLASSES)
 
 
 def stage_args(raw_dir, tmp_path, validation, params=None):

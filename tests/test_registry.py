@@ -14,11 +14,12 @@ from ferops.cli import EXIT_REFUSED
 from ferops.cli import main as ferops
 from ferops.config import build
 from ferops.errors import ParamsError
+from ferops.inference import FER2013_CLASSES
 from ferops.io import load_arrays
 from ferops.paired import PairedDifference
 from ferops.registry import Gate, decide
 
-CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+CLASSES = list(FER2013_CLASSES)
 
 
 def tags(accuracy: float, ckplus: float = 0.5, jaffe: float = 0.4, **recall: float) -> dict[str, str]:

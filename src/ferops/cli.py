@@ -124,9 +124,10 @@ def _store_uri(flag: str | None, start: Path) -> str:
 
     if flag:
         return flag
-    start = start.resolve()
+    from ferops.runtime import nearest_folder_with
+
     # The project root is the nearest folder up with params.yaml (the command may run in a subfolder).
-    root = next((p for p in (start, *start.parents) if (p / "params.yaml").is_file()), start)
+    root = nearest_folder_with(start, "params.yaml") or start.resolve()
     return tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"), find_project_root(root))
 
 
@@ -199,18 +200,15 @@ def _log_results(prediction_log, results, predictor, model: tuple[str, str | Non
     """Queue a log record for every face ``ferops predict`` classified."""
     import uuid
 
-    from ferops.prediction_log import LogRecord, encode_crop
+    from ferops.prediction_log import LogRecord
 
     for result in results:
         request = str(uuid.uuid4())  # one input (a photo, a video) is one request
         prediction_log.submit(
-            LogRecord(source=result.source if face.frame is None else f"{result.source}#{face.frame}",
-                      face=face.face, request=request, model=model[0], model_run=model[1],
-                      detector=predictor.detector.backend,
-                      image_width=result.width, image_height=result.height, box=face.box.as_tuple(),
-                      statistics=face.statistics, expression=face.expression, confidence=face.confidence,
-                      probabilities=face.probabilities,
-                      crop=encode_crop(face.crop) if face.crop is not None else None)
+            LogRecord.for_face(face, source=f"{result.source}#{face.frame}" if face.frame is not None
+                               else result.source, model=model, detector=predictor.detector.backend,
+                               size=(result.width, result.height), request=request,
+                               store_crop=prediction_log.store_faces)
             for face in result.faces)
 
 

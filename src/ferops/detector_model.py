@@ -18,6 +18,7 @@ from pathlib import Path
 from ferops.download import DatasetSpec, acquire, mirror_locations
 from ferops.errors import DataError, FeropsError
 from ferops.io import file_digest
+from ferops.runtime import nearest_folder_with
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +63,6 @@ def verify_model(path: Path, expected: str = YUNET_SHA256) -> Path:
     return path
 
 
-def _checkout_root(start: Path) -> Path | None:
-    start = start.resolve()
-    candidates = (start, *start.parents)
-    return next((p for p in candidates if (p / "params.yaml").is_file() and (p / "dvc.yaml").is_file()), None)
-
-
 def yunet_model(start: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None,
                 spec: DatasetSpec = YUNET_SPEC) -> Path:
     """Return a verified local copy of the YuNet model, fetching it into the user cache if needed.
@@ -90,7 +85,7 @@ def yunet_model(start: str | os.PathLike[str] | None = None, environ: Mapping[st
             the message says what to download and where to put it.
     """
     environ = os.environ if environ is None else environ
-    root = _checkout_root(Path(start) if start is not None else Path.cwd())
+    root = nearest_folder_with(start if start is not None else Path.cwd(), "params.yaml", "dvc.yaml")
     if root is not None and (root / CHECKOUT_RAW_DIR / spec.file).is_file():
         return verify_model(root / CHECKOUT_RAW_DIR / spec.file, spec.sha256)
     cached = cache_dir(environ) / spec.file

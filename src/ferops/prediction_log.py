@@ -34,6 +34,8 @@ import cv2
 import numpy as np
 import sqlalchemy as sa
 
+from ferops.runtime import nearest_folder_with
+
 logger = logging.getLogger(__name__)
 
 LOG_URI_ENV = "FEROPS_LOG_URI"
@@ -113,7 +115,7 @@ def default_log_uri(start: str | os.PathLike[str] | None = None,
     if environ.get(LOG_URI_ENV):
         return environ[LOG_URI_ENV]
     here = Path(start if start is not None else Path.cwd()).resolve()
-    root = next((p for p in (here, *here.parents) if (p / "params.yaml").is_file()), here)
+    root = nearest_folder_with(here, "params.yaml") or here
     return f"sqlite:///{root / DEFAULT_LOG_FILE}"
 
 
@@ -146,6 +148,28 @@ class LogRecord:
     crop: bytes | None = None
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     time: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+
+    @classmethod
+    def for_face(cls, face: Any, *, source: str, model: tuple[str, str | None], detector: str,
+                 size: tuple[int, int], request: str, latency_ms: float | None = None,
+                 store_crop: bool = False) -> LogRecord:
+        """The record of a classified face (a :class:`ferops.predictor.FaceResult`).
+
+        Args:
+            face: The face: its box, answer, probabilities, crop statistics and (maybe) crop.
+            source: The photo or upload name as the log shows it.
+            model: The model's name and MLflow run (:func:`ferops.monitoring.resolve_model`).
+            detector: The detector's backend.
+            size: The image's (width, height).
+            request: The id shared by the faces of one photo.
+            latency_ms: The request's latency, when known.
+            store_crop: Encode the face's crop into the record (``--store-faces``).
+        """
+        crop = encode_crop(face.crop) if store_crop and face.crop is not None else None
+        return cls(source=source, face=face.face, model=model[0], model_run=model[1], detector=detector,
+                   image_width=size[0], image_height=size[1], box=face.box.as_tuple(),
+                   statistics=face.statistics, expression=face.expression, confidence=face.confidence,
+                   probabilities=face.probabilities, latency_ms=latency_ms, request=request, crop=crop)
 
     def row(self) -> dict[str, Any]:
         """The database row."""

@@ -95,3 +95,13 @@ def read_all_params(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ParamsError(f"{path}: params file not found") from error
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML ({error})") from error
+
+
+def nearest_folder_with(start: str | os.PathLike[str], *names: str) -> Path | None:
+    """The nearest folder from ``start`` upwards that holds every one of ``names`` (None: none does).
+
+    How commands find the checkout they run in (``params.yaml``, ``dvc.yaml``) from a subfolder.
+    """
+    here = Path(start).resolve()
+    candidates = (here, *here.parents)
+    return next((folder for folder in candidates if all((folder / name).is_file() for name in names)), None)

@@ -197,12 +197,9 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
         """Log the faces (in the background) and return their ids."""
         request = str(uuid.uuid4())
         store = prediction_log is not None and prediction_log.store_faces
-        records = [LogRecord(source=name, face=face.face, model=model_name, model_run=model_run,
-                             detector=predictor.detector.backend, image_width=size[0], image_height=size[1],
-                             box=face.box.as_tuple(), statistics=face.statistics, expression=face.expression,
-                             confidence=face.confidence, probabilities=face.probabilities,
-                             latency_ms=round(1000 * elapsed, 2), request=request,
-                             crop=encode_crop(face.crop) if store and face.crop is not None else None)
+        records = [LogRecord.for_face(face, source=name, model=(model_name, model_run),
+                                      detector=predictor.detector.backend, size=size, request=request,
+                                      latency_ms=round(1000 * elapsed, 2), store_crop=store)
                    for face in faces]
         if prediction_log is not None:
             prediction_log.submit(records)
